@@ -1,0 +1,70 @@
+"""StyleGAN2 behind the trainer's `AdaptableGenerator` interface: latents and codes are W vectors."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from generators.stylegan2.network import Generator
+from ipl.interface import AdaptableGenerator
+
+
+class StyleGAN2Adapter(AdaptableGenerator):
+    """Samples W codes, renders them (W broadcast or W+), exposes W+ layer groups for adaptive freezing."""
+
+    def __init__(
+        self,
+        G: Generator,               # the wrapped StyleGAN2 generator (owned by this adapter)
+        noise_mode: str = "const",  # noise used by render(): 'const' keeps renders deterministic
+    ) -> None:
+        super().__init__()
+        self.G = G
+        self.noise_mode = noise_mode
+        self.code_dim = G.w_dim
+        self.resolution = G.img_resolution
+
+    @property
+    def device(self) -> torch.device:
+        return self.G.w_avg.device
+
+    def sample_latents(self, n: int, generator: Optional[torch.Generator] = None,
+                       truncation: float = 1.0) -> torch.Tensor:
+        """n W codes [n, w_dim]: z ~ N(0, I) (and uniform one-hot labels if conditional) through the mapping."""
+        z = torch.randn([n, self.G.z_dim], generator=generator).to(self.device)
+        c = self.G.sample_labels(n, generator, self.device)
+        return self.G.mapping(z, c, truncation_psi=truncation)[:, 0]
+
+    def codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """The prompt-learner input is w itself."""
+        assert latents.ndim == 2 and latents.shape[1] == self.G.w_dim, tuple(latents.shape)
+        return latents
+
+    def render(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] from W codes [N, w_dim] (or W+ [N, num_ws, w_dim])."""
+        return self.G.synthesis(latents, noise_mode=self.noise_mode)
+
+    def num_layers(self) -> int:
+        return self.G.num_ws
+
+    def lift(self, latents: torch.Tensor) -> torch.Tensor:
+        """W [N, w_dim] -> W+ [N, num_ws, w_dim] (one copy per layer)."""
+        assert latents.ndim == 2 and latents.shape[1] == self.G.w_dim, tuple(latents.shape)
+        return latents.unsqueeze(1).repeat([1, self.G.num_ws, 1])
+
+    def render_layers(self, latents_plus: torch.Tensor) -> torch.Tensor:
+        assert latents_plus.ndim == 3, tuple(latents_plus.shape)
+        return self.G.synthesis(latents_plus, noise_mode=self.noise_mode)
+
+    def layer_parameters(self, index: int) -> list[nn.Parameter]:
+        return self.G.layer_groups()[index]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """All synthesis parameters except the constant input."""
+        const = self.G.synthesis.b4.const
+        return [p for p in self.G.synthesis.parameters() if p is not const]
+
+    def save(self, path: str, metadata: Optional[dict[str, Any]] = None) -> None:
+        from generators.stylegan2.checkpoints import save
+
+        save(self.G, path, metadata)
