@@ -1,10 +1,12 @@
 """Upsample, FIR-filter and downsample in one op: one entry point, `impl='auto'|'cuda'|'ref'`."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from cuda_ops._build import resolve_impl
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -100,6 +102,78 @@ def upfirdn2d_ref(
     return x[:, :, ::downy, ::downx]
 
 
+# A kernel computes upfirdn2d with a float32 correlation filter w (already flipped and gain-scaled):
+# kernel(x, w, upx, upy, downx, downy, px0, px1, py0, py1, separable) -> y.
+Kernel = Callable[..., torch.Tensor]
+
+
+def upfirdn2d_math(x: torch.Tensor, w: torch.Tensor, upx: int, upy: int, downx: int, downy: int,
+                   px0: int, px1: int, py0: int, py1: int, separable: bool) -> torch.Tensor:
+    """A `Kernel` made of the reference path (used to test the autograd wiring without the extension)."""
+    assert w.ndim == (1 if separable else 2), (w.shape, separable)
+    return upfirdn2d_ref(x, w, up=(upx, upy), down=(downx, downy), padding=[px0, px1, py0, py1],
+                         flip_filter=True)
+
+
+class _UpFirDn2d(torch.autograd.Function):
+    """upfirdn2d through a `Kernel`; its backward is upfirdn2d again (so every order of gradient works)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, f: torch.Tensor, cfg: tuple) -> torch.Tensor:
+        kernel, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain = cfg
+        w = f * (gain ** (f.ndim / 2))
+        if not flip_filter:  # true convolution = correlation with the flipped filter
+            w = w.flip(list(range(f.ndim)))
+        w = w.to(device=x.device, dtype=torch.float32).contiguous()
+        y = kernel(x, w, upx, upy, downx, downy, px0, px1, py0, py1, f.ndim == 1)
+        ctx.save_for_backward(f)
+        ctx.cfg = cfg
+        ctx.in_hw = x.shape[2:]
+        ctx.out_hw = y.shape[2:]
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
+        (f,) = ctx.saved_tensors
+        kernel, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain = ctx.cfg
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        in_h, in_w = ctx.in_hw
+        out_h, out_w = ctx.out_hw
+        fw, fh = _filter_size(f)
+        # d out[o] / d x[k] = w[k*up - o*down + p0]: upfirdn2d of dy with up and down swapped, the filter
+        # flipped, leading padding fw - p0 - 1, and trailing padding that makes the result in_h x in_w.
+        grad_cfg = (kernel, downx, downy, upx, upy,
+                    fw - px0 - 1, in_w * upx - out_w * downx + px0 - upx + 1,
+                    fh - py0 - 1, in_h * upy - out_h * downy + py0 - upy + 1,
+                    not flip_filter, gain)
+        dx = _UpFirDn2d.apply(dy, f, grad_cfg)
+        assert dx.shape[2:] == (in_h, in_w), (dx.shape, (in_h, in_w))
+        return dx, None, None
+
+
+def upfirdn2d_kernel(
+    x: torch.Tensor,
+    f: Optional[torch.Tensor],
+    kernel: Kernel,
+    up: IntOrPair = 1,
+    down: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    flip_filter: bool = False,
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """upfirdn2d with the semantics of `upfirdn2d_ref`, computed by `kernel` (gradients for x, not f)."""
+    assert x.ndim == 4, f"expected [N, C, H, W], got {tuple(x.shape)}"
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    assert f.ndim in (1, 2) and f.dtype == torch.float32, (f.shape, f.dtype)
+    upx, upy = _pair(up)
+    downx, downy = _pair(down)
+    px0, px1, py0, py1 = _padding4(padding)
+    cfg = (kernel, upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain))
+    return _UpFirDn2d.apply(x, f.detach(), cfg)
+
+
 def upfirdn2d(
     x: torch.Tensor,
     f: Optional[torch.Tensor],
@@ -111,7 +185,11 @@ def upfirdn2d(
     impl: str = "auto",
 ) -> torch.Tensor:
     """Pad, upsample, FIR-filter and downsample a batch of images [N, C, H, W]."""
-    # The CUDA path is filled in by the CUDA-ops work; until then every impl runs the reference.
+    which, module = resolve_impl(impl, x, "upfirdn2d")
+    if which == "cuda" and not (f is not None and f.requires_grad and torch.is_grad_enabled()):
+        # (A trainable filter needs its own gradient, which only the reference path computes.)
+        return upfirdn2d_kernel(x, f, module.upfirdn2d, up=up, down=down, padding=padding,
+                                flip_filter=flip_filter, gain=gain)
     return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
