@@ -1,0 +1,169 @@
+"""`ipl adapt`: adapt a source generator to one or more target texts (IPL or the NADA baseline)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ipl.config import AdaptConfig, slugify
+from ipl.errors import IPLError
+
+_D = AdaptConfig()  # defaults shown in --help come from the dataclass
+
+
+def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[str]:
+    out = []
+    for t in targets:  # --target @FILE reads a file of targets, like --target-file FILE
+        if t.startswith("@") and Path(t[1:]).is_file():
+            target_file = target_file or t[1:]
+            if target_file != t[1:]:
+                raise IPLError("give at most one file of targets")
+        else:
+            out.append(t)
+    if target_file is not None:
+        path = Path(target_file)
+        if not path.is_file():
+            raise IPLError(f"--target-file {target_file}: no such file (expected one target text per line)")
+        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()]
+        out += [l for l in lines if l and not l.startswith("#")]
+    if not out:
+        raise IPLError("no target given: pass --target \"TEXT\" (repeatable) or --target-file FILE")
+    for t in out:
+        if not t.strip():
+            raise IPLError("a target text is empty or only whitespace: pass --target \"TEXT\", "
+                           "e.g. --target \"Pixar character\"")
+    seen = set()
+    for t in out:
+        key = " ".join(t.lower().split())
+        if key in seen:
+            raise IPLError(f"target {t!r} is given twice")
+        seen.add(key)
+    return [" ".join(t.split()) for t in out]
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--source", default=_D.source, help="Registry name (see `ipl models list`) or checkpoint path "
+              "(.pt rosinality, .pkl NVIDIA, .safetensors ours).")
+@click.option("--source-text", default=None, help="Text of the source domain [default: the registry's, e.g. "
+              "'photo'; 'photo' for a checkpoint file].")
+@click.option("--target", "targets", multiple=True, help="Target domain text, e.g. 'Pixar character'. "
+              "Repeatable: one run per target, sharing the loaded models; @FILE reads a file of targets.")
+@click.option("--target-file", type=click.Path(dir_okay=False), default=None,
+              help="File with one target text per line (# comments allowed).")
+@click.option("--method", type=click.Choice(["ipl", "nada"]), default=_D.method,
+              help="ipl: image-specific prompts (two stages); nada: one fixed text direction (baseline).")
+@click.option("--clip", "clips", multiple=True, help="CLIP model NAME[:PRETRAINED][@WEIGHT], repeatable "
+              "[default: the registry's, ViT-B-32:openai; 'toy' for --source toy].")
+@click.option("--iters-prompt", type=int, default=_D.iters_prompt, help="Stage-1 iterations (prompt learners). "
+              "Defaults marked here are the paper's; a registry source may change some (`ipl models info NAME`, "
+              "run_defaults: toy uses fewer iterations).")
+@click.option("--batch-prompt", type=int, default=_D.batch_prompt, help="Stage-1 batch size.")
+@click.option("--lr-prompt", type=float, default=_D.lr_prompt, help="Stage-1 Adam learning rate.")
+@click.option("--n-ctx", type=int, default=_D.n_ctx, help="Learned context vectors per prompt.")
+@click.option("--lambda-l", type=float, default=_D.lambda_l, help="Weight of the domain regulariser L_d.")
+@click.option("--lambda-src", type=float, default=_D.lambda_src, help="Weight of L_d on the source text.")
+@click.option("--iters", type=int, default=_D.iters, help="Stage-2 iterations (generator).")
+@click.option("--batch", type=int, default=_D.batch, help="Stage-2 batch size.")
+@click.option("--lr", type=float, default=_D.lr, help="Stage-2 Adam learning rate (0.002*0.8).")
+@click.option("--ema-decay", type=float, default=_D.ema_decay, help="EMA decay of the saved generator.")
+@click.option("--layers", default=None, help="Adaptive layer freezing: unfreeze K layers per step; 'all' turns "
+              "freezing off [default: the registry's, floor(2/3 * num_ws)].")
+@click.option("--layer-batch", type=int, default=_D.layer_batch, help="Latents used to pick layers each step.")
+@click.option("--layer-every", type=int, default=_D.layer_every,
+              help="Re-pick the unfrozen layers every N steps (1 = every step, as NADA; larger is cheaper).")
+@click.option("--truncation", type=float, default=None, help="Truncation psi for training latents "
+              "[default: the registry's, 1.0].")
+@click.option("--diffusion", "diffusion_opts", multiple=True, metavar="KEY=VALUE",
+              help="Diffusion sources only, repeatable: t0, inversion_steps, generation_steps, sample_steps, "
+              "n_sources, lean, checkpointing, l1_weight, train_blocks (see generators/diffusion/adapter.py).")
+@click.option("--source-images", type=click.Path(file_okay=False), default=None,
+              help="Diffusion sources only: a folder of real images to invert and adapt instead of samples.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder [default: runs/<source>-<target-slug>]; with several targets, the parent folder "
+              "of runs <source>-<target-slug>.")
+@click.option("--device", default=_D.device, help="auto | cuda | cuda:N | cpu.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=_D.precision,
+              help="Autocast precision of the forward passes (weights stay fp32).")
+@click.option("--seed", type=int, default=_D.seed, help="Seed of every random draw (same seed, same result).")
+@click.option("--sample-every", type=int, default=_D.sample_every,
+              help="Write a sample grid every N stage-2 iterations (0: only at start and end).")
+@click.option("--sample-n", type=int, default=_D.sample_n, help="Images per row of the sample grids.")
+@click.option("--checkpoint-every", type=int, default=_D.checkpoint_every,
+              help="Write the resumable checkpoint every N stage-2 iterations.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Replace a run already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(source, source_text, targets, target_file, method, clips, iters_prompt, batch_prompt, lr_prompt,
+            n_ctx, lambda_l, lambda_src, iters, batch, lr, ema_decay, layers, layer_batch, layer_every, truncation,
+            diffusion_opts, source_images, out,
+            device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
+    """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
+    from ipl.registry import get_source, is_registry_name
+    from ipl.run import Resources, prepare, run_adapt
+
+    if resume and force:
+        raise IPLError("--resume and --force contradict each other; pass one of them")
+    target_list = _read_targets(targets, target_file)
+    run_defaults: dict = {}
+    if is_registry_name(source):
+        entry = get_source(source)
+        default_text, default_clips = entry.source_text, list(entry.clip)
+        ctx = click.get_current_context()
+        run_defaults = {k: v for k, v in entry.run_defaults.items()
+                        if ctx.get_parameter_source(k) in (None, click.core.ParameterSource.DEFAULT)}
+    elif Path(source).expanduser().is_file() or Path(source).expanduser().is_dir():  # dir: diffusers folder
+        default_text, default_clips = "photo", list(_D.clip)
+    else:
+        get_source(source)  # unknown name: lists the known ones
+        raise AssertionError("unreachable")
+    if layers is not None and str(layers).strip().lower() != "all":
+        try:
+            layers = int(layers)
+        except ValueError:
+            raise IPLError(f"--layers must be a positive integer or 'all', got {layers!r}") from None
+
+    diffusion = {}
+    for item in diffusion_opts:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise IPLError(f"--diffusion {item!r}: expected KEY=VALUE, e.g. --diffusion t0=400")
+        diffusion[key.strip()] = value.strip()
+    if source_images is not None:
+        diffusion["source_images"] = str(Path(source_images).resolve())
+
+    configs = []
+    for target in target_list:
+        if out is None:
+            run_out = None
+        elif len(target_list) == 1:
+            run_out = out
+        else:
+            stem = Path(source).stem if Path(source).suffix else source
+            run_out = str(Path(out) / f"{slugify(stem)}-{slugify(target)}")
+        cfg = AdaptConfig(source=source, target_text=target,
+                          source_text=source_text if source_text is not None else default_text,
+                          method=method, clip=list(clips) if clips else default_clips,
+                          iters_prompt=iters_prompt, batch_prompt=batch_prompt, lr_prompt=lr_prompt, n_ctx=n_ctx,
+                          lambda_l=lambda_l, lambda_src=lambda_src, iters=iters, batch=batch, lr=lr,
+                          ema_decay=ema_decay, layers=layers, layer_batch=layer_batch, layer_every=layer_every,
+                          truncation=truncation,
+                          diffusion=diffusion,
+                          out=run_out, device=device, precision=precision, seed=seed, sample_every=sample_every,
+                          sample_n=sample_n, checkpoint_every=checkpoint_every)
+        if run_defaults:
+            cfg = dataclasses.replace(cfg, **run_defaults)
+        configs.append(cfg.validate())
+
+    # Check every run before starting any (nothing is written when one of them is bad).
+    prepared = [prepare(cfg, resume=resume, force=force, progress=not quiet) for cfg in configs]
+    outs = [p["out"].resolve() for p in prepared]
+    if len(set(outs)) != len(outs):
+        raise IPLError("two targets map to the same run folder; give them distinct texts")
+    resources = Resources()
+    for cfg, facts in zip(configs, prepared):
+        click.echo(f"adapting {cfg.source} -> {cfg.target_text!r} ({cfg.method}) into {facts['out']}", err=True)
+        run_dir = run_adapt(cfg, resume=resume, force=force, progress=not quiet, resources=resources,
+                            prepared=facts)
+        click.echo(str(run_dir))

@@ -1,0 +1,258 @@
+"""Stage 2: adapt a copy of the generator with the directional CLIP loss (IPL or NADA's fixed direction).
+
+The trainer talks to the generator only through `ipl.interface.AdaptableGenerator`. A generator
+family may add loss terms of its own by defining an optional method
+
+    extra_losses(latents: Tensor, images_t: Tensor) -> dict[str, Tensor]
+
+on its AdaptableGenerator (e.g. diffusion: an L1 term to the source image). Each returned scalar,
+already weighted, is added to the total and logged under its key.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ipl.ema import EMA
+from ipl.errors import IPLError
+from ipl.freezing import parameters_of_layers, select_layers
+from ipl.interface import AdaptableGenerator
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(IPLError):
+    """A loss term became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class Stage2Settings:
+    """The stage-2 hyperparameters (see ipl.config.AdaptConfig for the defaults and meanings)."""
+
+    method: str = "ipl"
+    iters: int = 300
+    batch: int = 2
+    lr: float = 0.002 * 0.8
+    beta1: float = 0.0
+    beta2: float = 0.99 ** 0.8
+    ema_decay: float = 0.99
+    layers: Optional[int] = None       # k unfrozen per step; None: all (freezing off)
+    layer_batch: int = 8
+    layer_lr: float = 0.01
+    layer_every: int = 1               # re-pick the layers every N steps (1: every step, as NADA)
+    truncation: float = 1.0
+    precision: str = "fp32"
+    seed: int = 0
+
+
+def autocast_factory(device: torch.device, precision: str):
+    """A zero-argument callable returning the autocast context for this precision."""
+    if precision == "fp32":
+        return nullcontext
+    dtype = _DTYPES[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no grad on any weight (frozen networks are never differentiated w.r.t. weights)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Stage2Trainer:
+    """G_t = copy of G_s trained for `settings.iters` steps; an EMA of it is the result.
+
+    source:      the frozen source generator G_s (left untouched)
+    clips:       FrozenClip models; each contributes weight * directional loss
+    source_text: class text of the source domain ("photo")
+    target_text: class text of the target domain ("Pixar character")
+    learners:    IPL: one frozen PromptLearner per CLIP model (from stage 1); NADA: None
+    settings:    hyperparameters
+    """
+
+    def __init__(self, source: AdaptableGenerator, clips: Sequence, source_text: str, target_text: str,
+                 learners: Optional[Sequence[nn.Module]], settings: Stage2Settings):
+        from ipl.templates import template_features
+
+        self.settings = s = settings
+        self.clips = list(clips)
+        self.source_text, self.target_text = source_text, target_text
+        self.device = next(source.parameters()).device
+        self.G_s = freeze(source)
+        self.G_t = source.copy()
+        self.G_t.eval()  # no dropout/batch-norm semantics wanted; gradients still flow
+        self.G_ema = freeze(source.copy())
+        for p in self.G_t.parameters():
+            p.requires_grad_(False)
+        self.params = list(self.G_t.trainable_parameters())
+        assert self.params, "the generator exposes no trainable parameters"
+        self.ema = EMA(self.G_t, self.G_ema, s.ema_decay)
+        self.opt = torch.optim.Adam(self.params, lr=s.lr, betas=(s.beta1, s.beta2))
+        self.autocast = autocast_factory(self.device, s.precision)
+        use_scaler = s.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        # Latents are drawn from a CPU generator (same stream on every device; AdaptableGenerator moves them).
+        self.rng = torch.Generator(device="cpu")
+        self.rng.manual_seed(int(s.seed) + 1)  # stage 1 uses `seed`; keep stage 2's stream separate
+        self.iteration = 0
+        self.current_layers: Optional[list[int]] = None  # the layers picked by the last probe
+
+        if s.method == "ipl":
+            if learners is None or len(learners) != len(self.clips):
+                raise IPLError("method 'ipl' needs one prompt learner per CLIP model (run stage 1 first)")
+            self.learners = [freeze(m) for m in learners]
+        elif s.method == "nada":
+            self.learners = None
+        else:
+            raise IPLError(f"unknown method {s.method!r}; choose ipl or nada")
+
+        # Fixed text features, computed once. Drop features cached by earlier stages first: a batched
+        # text encode differs from a single one in the last ulp, and a resumed run (which skips stage 1)
+        # must see bit-identical features to an uninterrupted one.
+        for c in self.clips:
+            cache = getattr(c, "_text_cache", None)
+            if isinstance(cache, dict):
+                cache.clear()
+        with torch.no_grad():
+            # NADA: one shared direction per CLIP model from the 79-template means.
+            if s.method == "nada":
+                self.nada_src = [template_features(c, source_text).reshape(1, -1) for c in self.clips]
+                self.nada_tgt = [template_features(c, target_text).reshape(1, -1) for c in self.clips]
+            # Layer probe: raise similarity to the plain target text.
+            self.probe_feats = [c.encode_texts([target_text]).reshape(1, -1) for c in self.clips]
+
+    # ------------------------------------------------------------------ one step
+    def _text_features(self, k: int, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source and target text features for CLIP model k: per image (IPL) or shared [1, D] (NADA)."""
+        if self.learners is None:
+            return self.nada_src[k], self.nada_tgt[k]
+        from ipl.prompts import prompt_features
+
+        codes = self.G_s.codes(latents)
+        clip, learner = self.clips[k], self.learners[k]
+        return (prompt_features(clip, learner, codes, self.source_text),
+                prompt_features(clip, learner, codes, self.target_text))
+
+    def step(self) -> dict[str, Any]:
+        """One stage-2 iteration; returns its log record (loss terms, layers, seconds, memory)."""
+        from ipl.losses import directional_loss
+
+        s = self.settings
+        t0 = time.perf_counter()
+        for p in self.params:
+            p.requires_grad_(False)
+        self.opt.zero_grad(set_to_none=True)
+
+        # 1. Pick the layers to train this step (probe on fresh latents, nothing else trainable).
+        layers: Optional[list[int]] = None
+        if s.layers is not None and 0 < s.layers < self.G_t.num_layers():
+            if self.current_layers is None or self.iteration % max(1, s.layer_every) == 0:
+                probe = self.G_t.sample_latents(s.layer_batch, generator=self.rng, truncation=s.truncation)
+                self.current_layers = select_layers(self.G_t, self.clips, self.probe_feats, s.layers, probe,
+                                                    lr=s.layer_lr, autocast=self.autocast)
+            layers = list(self.current_layers)
+            active = parameters_of_layers(self.G_t, layers, self.params)
+        else:
+            active = self.params
+        for p in active:
+            p.requires_grad_(True)
+        t_probe = time.perf_counter() - t0
+
+        # 2. Directional loss on a fresh batch.
+        latents = self.G_t.sample_latents(s.batch, generator=self.rng, truncation=s.truncation)
+        terms: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), self.autocast():
+            images_s = self.G_s.render(latents)
+            src_feats = [c.encode_images(images_s) for c in self.clips]
+            texts = [self._text_features(k, latents) for k in range(len(self.clips))]
+        with self.autocast():
+            images_t = self.G_t.render(latents)
+            assert images_t.shape == images_s.shape, f"{tuple(images_t.shape)} vs {tuple(images_s.shape)}"
+            total = 0.0
+            for k, clip in enumerate(self.clips):
+                tgt_feats = clip.encode_images(images_t)
+                src_txt, tgt_txt = texts[k]
+                loss_k = directional_loss(src_feats[k].float(), tgt_feats.float(),
+                                          src_txt.float(), tgt_txt.float())
+                terms[f"dir_{k}"] = loss_k
+                total = total + clip.weight * loss_k
+            extra = getattr(self.G_t, "extra_losses", None)
+            if callable(extra):
+                for name, value in extra(latents, images_t).items():
+                    terms[name] = value
+                    total = total + value
+        terms["total"] = total
+        self._check_finite(terms)
+
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
+        self.ema.update()
+        for p in active:
+            p.requires_grad_(False)
+        self.iteration += 1
+        record: dict[str, Any] = {"stage": 2, "it": self.iteration}
+        record.update({name: float(v.detach()) for name, v in terms.items()})
+        record["layers"] = layers if layers is not None else "all"
+        record["probe_s"] = round(t_probe, 6)
+        record["seconds"] = round(time.perf_counter() - t0, 6)
+        record["mem_mb"] = memory_mb(self.device)
+        return record
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        bad = [name for name, v in terms.items() if not math.isfinite(float(v.detach()))]
+        if bad:
+            raise NonFiniteLossError(
+                f"stage 2 iteration {self.iteration + 1}: loss term(s) {', '.join(bad)} became NaN/inf "
+                f"({', '.join(f'{n}={float(v.detach())}' for n, v in terms.items())}). Try --precision fp32, "
+                "a lower --lr, or fewer --iters.")
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit: weights, EMA, optimiser, RNG, iteration."""
+        return {
+            "iteration": self.iteration,
+            "current_layers": self.current_layers,
+            "G_t": self.G_t.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.get_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict` (same settings and source)."""
+        self.iteration = int(state["iteration"])
+        self.current_layers = state.get("current_layers")
+        self.G_t.load_state_dict(state["G_t"])
+        for p in self.G_t.parameters():
+            p.requires_grad_(False)
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.set_state(state["rng"].cpu())
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on GPU, process max RSS on CPU (MiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    except Exception:  # pragma: no cover - non-POSIX
+        return float("nan")

@@ -1,0 +1,98 @@
+"""Stage-2 engine on a fake layered generator and the tiny random CLIP: freezing, EMA, NaN guard, hooks."""
+import math
+
+import pytest
+import torch
+
+from ipl.ema import EMA
+from ipl.prompts import PromptLearner
+from ipl.stage2 import NonFiniteLossError, Stage2Settings, Stage2Trainer
+from test_adapt_fakes import FakeLayeredGenerator
+from tiny_clip import tiny_clip  # noqa: F401  (fixture)
+
+
+def _trainer(clip, method="ipl", layers=2, **kw):
+    G = FakeLayeredGenerator(n_layers=5)
+    learners = None
+    if method == "ipl":
+        torch.manual_seed(0)
+        learners = [PromptLearner(G.code_dim, n_ctx=2, ctx_dim=clip.ctx_dim)]
+    s = Stage2Settings(method=method, layers=layers, layer_batch=4, **kw)
+    return G, Stage2Trainer(G, [clip], "a solid shape", "a striped shape", learners, s)
+
+
+def test_only_chosen_layers_change(tiny_clip):
+    G, tr = _trainer(tiny_clip, lr=0.01)
+    src = {k: v.clone() for k, v in G.state_dict().items()}
+    chosen = set()
+    for _ in range(3):
+        rec = tr.step()
+        assert len(rec["layers"]) == 2 and math.isfinite(rec["total"])
+        assert {"dir_0", "total", "seconds", "mem_mb", "probe_s"} <= set(rec)
+        chosen |= set(rec["layers"])
+    assert chosen != set(range(5)), "test needs a layer that was never chosen"
+    touched = {id(p) for i in chosen for p in tr.G_t.layer_parameters(i)}
+    names_touched = {n for n, p in tr.G_t.named_parameters() if id(p) in touched}
+    for model in (tr.G_t, tr.G_ema):
+        for name, v in model.state_dict().items():
+            if name in names_touched:
+                continue
+            assert torch.equal(v, src[name]), f"{name} changed but its layer was never unfrozen"
+    changed = [n for n in names_touched if not torch.equal(tr.G_t.state_dict()[n], src[n])]
+    assert changed, "no unfrozen parameter moved"
+    for name, v in G.state_dict().items():  # the source is never touched
+        assert torch.equal(v, src[name])
+
+
+def test_first_step_gradient_bounded(tiny_clip):
+    # G_t == G_s at step 1: the image direction is 0; loss must be finite and the update bounded.
+    G, tr = _trainer(tiny_clip, method="nada", layers=None, lr=1e-3)
+    before = [p.detach().clone() for p in tr.params]
+    rec = tr.step()
+    assert rec["layers"] == "all" and math.isfinite(rec["total"]) and abs(rec["total"] - 1.0) < 1e-3
+    step = max((p - b).abs().max().item() for p, b in zip(tr.params, before))
+    assert 0 < step <= 1e-3 * 1.01  # Adam with beta1=0 moves at most ~lr per entry
+
+
+def test_nada_loss_falls(tiny_clip):
+    G, tr = _trainer(tiny_clip, method="nada", layers=None, lr=0.02, batch=4)
+    losses = [tr.step()["total"] for _ in range(10)]
+    assert sum(losses[-3:]) / 3 < losses[1] - 0.1, losses
+
+
+def test_non_finite_loss_raises(tiny_clip):
+    G, tr = _trainer(tiny_clip, method="nada", layers=None)
+    tr.G_t.extra_losses = lambda latents, images_t: {"l1": images_t.sum() * float("nan")}
+    snapshot = {k: v.clone() for k, v in tr.G_t.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="l1"):
+        tr.step()
+    for k, v in tr.G_t.state_dict().items():  # no update was applied
+        assert torch.equal(v, snapshot[k])
+
+
+def test_extra_losses_are_added_and_logged(tiny_clip):
+    G, tr = _trainer(tiny_clip, method="nada", layers=None)
+    tr.G_t.extra_losses = lambda latents, images_t: {"l1": 0.5 * images_t.abs().mean()}
+    rec = tr.step()
+    assert rec["total"] == pytest.approx(rec["dir_0"] * tiny_clip.weight + rec["l1"], rel=1e-5)
+
+
+def test_ema_lerp_keeps_unchanged_exact():
+    a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    b.load_state_dict(a.state_dict())
+    ema = EMA(a, b, decay=0.99)
+    with torch.no_grad():
+        a.weight.add_(1.0)
+    ema.update()
+    assert torch.equal(b.bias, a.bias)  # unchanged parameter: bit-identical
+    torch.testing.assert_close(b.weight, a.weight - 0.99, rtol=0, atol=1e-6)
+
+
+def test_layer_every_reuses_the_probe(tiny_clip, monkeypatch):
+    import ipl.stage2 as stage2
+    calls = []
+    real = stage2.select_layers
+    monkeypatch.setattr(stage2, "select_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    G, tr = _trainer(tiny_clip, method="nada", layers=2, layer_every=2)
+    recs = [tr.step() for _ in range(3)]
+    assert len(calls) == 2 and recs[0]["layers"] == recs[1]["layers"]
