@@ -126,6 +126,10 @@ class FrozenClip(nn.Module):
         self._text_cache = {}  # cached features live on the old device/dtype
         return super()._apply(fn, *args, **kwargs)
 
+    def clear_text_cache(self) -> None:
+        """Forget cached text features (a batched encode differs from a single one in the last ulp)."""
+        self._text_cache.clear()
+
     @property
     def device(self) -> torch.device:
         return self.mean.device

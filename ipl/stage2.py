@@ -118,9 +118,7 @@ class Stage2Trainer:
         # text encode differs from a single one in the last ulp, and a resumed run (which skips stage 1)
         # must see bit-identical features to an uninterrupted one.
         for c in self.clips:
-            cache = getattr(c, "_text_cache", None)
-            if isinstance(cache, dict):
-                cache.clear()
+            c.clear_text_cache()
         with torch.no_grad():
             # NADA: one shared direction per CLIP model from the 79-template means.
             if s.method == "nada":
