@@ -51,6 +51,21 @@ def _sg2(name: str, url: str, fmt: str, res: int, text: str, desc: str, readable
                        filename=f"{name}.pkl")
 
 
+# Stage-2 settings a diffusion source takes unless given on the command line: the StyleGAN lr (0.0016, Adam
+# beta1 0) wrecks a UNet. The numbers live with the diffusion generator (generators/diffusion REGISTRY "stage2").
+_DIFFUSION_RUN_KEYS = ("lr", "beta1", "beta2", "batch", "iters")
+# For a diffusion model given by path its size is unknown: only the optimiser settings of a real DDPM apply.
+_DIFFUSION_PATH_KEYS = ("lr", "beta1", "beta2")
+
+
+def _diffusion_run_defaults(name: str, keys: tuple[str, ...] = _DIFFUSION_RUN_KEYS) -> dict:
+    """AdaptConfig defaults of a diffusion registry entry, from generators.diffusion.REGISTRY[name]["stage2"]."""
+    from generators.diffusion import REGISTRY as DIFFUSION_REGISTRY
+
+    stage2 = DIFFUSION_REGISTRY[name].get("stage2", {})
+    return {k: stage2[k] for k in keys if k in stage2}
+
+
 _ENTRIES = [
     SourceEntry(name="toy", url=None, format="ipl", resolution=64, source_text="a solid shape",
                 layers=default_layers(64), truncation=1.0, sample_truncation=1.0, clip=("toy",),
@@ -79,13 +94,16 @@ _ENTRIES = [
     # Pixel diffusion models (diffusers folders; loaded by generators/diffusion, layers unused).
     SourceEntry(name="toy-ddpm", url=None, format="diffusers", resolution=32, source_text="a solid shape",
                 layers=0, sample_truncation=1.0, clip=("toy",), local_path="assets/toy/ddpm", filename="ddpm",
-                description="tiny DDPM of solid shapes on a light background (shipped, offline)"),
+                description="tiny DDPM of solid shapes on a light background (shipped, offline)",
+                run_defaults=_diffusion_run_defaults("toy-ddpm")),
     SourceEntry(name="ddpm-celebahq", url="https://huggingface.co/google/ddpm-ema-celebahq-256",
                 format="diffusers", resolution=256, source_text="photo", layers=0, sample_truncation=1.0,
-                filename="google/ddpm-ema-celebahq-256", description="CelebA-HQ faces, pixel DDPM (diffusers)"),
+                filename="google/ddpm-ema-celebahq-256", description="CelebA-HQ faces, pixel DDPM (diffusers)",
+                run_defaults=_diffusion_run_defaults("ddpm-celebahq")),
     SourceEntry(name="ddpm-church", url="https://huggingface.co/google/ddpm-ema-church-256",
                 format="diffusers", resolution=256, source_text="church", layers=0, sample_truncation=1.0,
-                filename="google/ddpm-ema-church-256", description="LSUN churches, pixel DDPM (diffusers)"),
+                filename="google/ddpm-ema-church-256", description="LSUN churches, pixel DDPM (diffusers)",
+                run_defaults=_diffusion_run_defaults("ddpm-church")),
     _sg2("tf-ffhq", _TF.format("ffhq"), "nvidia-tf-pkl", 1024, "photo", "FFHQ faces, original TF", False),
     _sg2("church", _TF.format("church"), "nvidia-tf-pkl", 256, "church", "LSUN churches, original TF", False),
     _sg2("car", _TF.format("car"), "nvidia-tf-pkl", 512, "car", "LSUN cars (512x384), original TF", False),
@@ -131,3 +149,25 @@ def source_for_file(path: str, resolution: int) -> SourceEntry:
     return SourceEntry(name=Path(path).stem, url=None, format="file", resolution=int(resolution),
                        source_text="photo", layers=default_layers(int(resolution)), local_path=None,
                        filename=Path(path).name, description=f"user checkpoint {path}")
+
+
+def run_defaults_for(source: str) -> dict:
+    """AdaptConfig defaults a --source brings (flags given on the command line override them).
+
+    Registry names: the entry's run_defaults. A diffusion model given by path (diffusers folder, ipl diffusion
+    file): the toy DDPM's when it is that folder, else the optimiser settings of a real DDPM.
+    """
+    if is_registry_name(source):
+        return dict(get_source(source).run_defaults)
+    p = Path(source).expanduser()
+    if not p.exists():
+        return {}
+    from generators.diffusion import is_diffusion_source
+
+    if not is_diffusion_source(p):
+        return {}
+    for entry in REGISTRY.values():
+        shipped = REPO_ROOT / entry.local_path if entry.local_path else None
+        if entry.format == "diffusers" and shipped is not None and p.resolve() == shipped.resolve():
+            return dict(entry.run_defaults)
+    return _diffusion_run_defaults("ddpm-celebahq", _DIFFUSION_PATH_KEYS)

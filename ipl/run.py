@@ -510,6 +510,8 @@ def load_run(run_dir, device: str = "cpu") -> RunInfo:
             raise IPLError(f"the source checkpoint of run {run_dir} is gone: {source_path}. Put it back there.")
         source_path, _, _ = resolve_source(config["settings"]["source"], allow_download=False)
     source = generators.load_adaptable(str(source_path), device=device)
+    if hasattr(source, "configure"):  # diffusion: the run's --diffusion options (t0, pool) shape the source too
+        source.configure(config["settings"].get("diffusion"))
     adapted = generators.load_adaptable(str(run_dir / GENERATOR), device=device)
     if hasattr(adapted, "attach_source"):  # diffusion: latents are the source model's inversions
         adapted.attach_source(source)

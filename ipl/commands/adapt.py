@@ -66,7 +66,8 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--lambda-src", type=float, default=_D.lambda_src, help="Weight of L_d on the source text.")
 @click.option("--iters", type=int, default=_D.iters, help="Stage-2 iterations (generator).")
 @click.option("--batch", type=int, default=_D.batch, help="Stage-2 batch size.")
-@click.option("--lr", type=float, default=_D.lr, help="Stage-2 Adam learning rate (0.002*0.8).")
+@click.option("--lr", type=float, default=_D.lr, help="Stage-2 Adam learning rate (0.002*0.8; diffusion "
+              "sources take their own, e.g. 4e-6 with Adam betas 0.9/0.999: `ipl models info NAME`, run_defaults).")
 @click.option("--ema-decay", type=float, default=_D.ema_decay, help="EMA decay of the saved generator.")
 @click.option("--layers", default=None, help="Adaptive layer freezing: unfreeze K layers per step; 'all' turns "
               "freezing off [default: the registry's, floor(2/3 * num_ws)].")
@@ -100,19 +101,19 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
             diffusion_opts, source_images, out,
             device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
     """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
-    from ipl.registry import get_source, is_registry_name
+    from ipl.registry import get_source, is_registry_name, run_defaults_for
     from ipl.run import Resources, prepare, run_adapt
 
     if resume and force:
         raise IPLError("--resume and --force contradict each other; pass one of them")
     target_list = _read_targets(targets, target_file)
-    run_defaults: dict = {}
+    # Per-source defaults (registry entries; diffusion models given by path), unless the flag was given.
+    ctx = click.get_current_context()
+    run_defaults = {k: v for k, v in run_defaults_for(source).items()
+                    if ctx.get_parameter_source(k) in (None, click.core.ParameterSource.DEFAULT)}
     if is_registry_name(source):
         entry = get_source(source)
         default_text, default_clips = entry.source_text, list(entry.clip)
-        ctx = click.get_current_context()
-        run_defaults = {k: v for k, v in entry.run_defaults.items()
-                        if ctx.get_parameter_source(k) in (None, click.core.ParameterSource.DEFAULT)}
     elif Path(source).expanduser().is_file() or Path(source).expanduser().is_dir():  # dir: diffusers folder
         default_text, default_clips = "photo", list(_D.clip)
     else:

@@ -118,6 +118,13 @@ def render_seeds(G: torch.nn.Module, seeds: list[int], truncation: float = 1.0, 
     return render_rows([generator], seeds, truncation, class_idx, batch, progress)[0]
 
 
+def _is_diffusion(target: PathLike) -> bool:
+    """True for a diffusion run folder, an ipl diffusion file, a diffusers folder or a diffusion registry name."""
+    from generators.diffusion import is_diffusion_checkpoint
+
+    return is_diffusion_checkpoint(target)
+
+
 @click.command("sample")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--ckpt", type=click.Path(path_type=Path), help="Generator checkpoint (.pt/.pkl/.safetensors) "
@@ -135,11 +142,17 @@ def render_seeds(G: torch.nn.Module, seeds: list[int], truncation: float = 1.0, 
               "generator, one line per generator otherwise).")
 @click.option("--source-too", is_flag=True, help="For a run folder: also render the source generator "
               "(grid rows: source over adapted).")
+@click.option("--steps", type=int, default=None, help="Diffusion only: DDIM steps from noise [default: the "
+              "model's sample_steps].")
+@click.option("--edit", "edit_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Diffusion runs only: folder of real images to move into the target domain (rows: input over "
+              "edited).")
 @click.option("--batch", type=int, default=8, show_default=True, help="Images per forward pass.")
 @click.option("--device", type=str, default="cpu", show_default=True, help="cpu or cuda[:i].")
-def command(path, ckpt, n, seeds, truncation, noise_mode, class_idx, out, outdir, nrow, source_too, batch,
-            device) -> None:
-    """Render images from a StyleGAN2 checkpoint (rosinality .pt, NVIDIA .pkl, ipl .safetensors) or a run."""
+def command(path, ckpt, n, seeds, truncation, noise_mode, class_idx, out, outdir, nrow, source_too, steps, edit_dir,
+            batch, device) -> None:
+    """Render images from a StyleGAN2 checkpoint (rosinality .pt, NVIDIA .pkl, ipl .safetensors), a diffusion
+    model, or a run."""
     from ipl.images import save_grid, save_images
 
     if path is not None and ckpt is not None and Path(path) != Path(ckpt):
@@ -147,6 +160,20 @@ def command(path, ckpt, n, seeds, truncation, noise_mode, class_idx, out, outdir
     target = ckpt if ckpt is not None else path
     if target is None:
         raise IPLError("no generator given: use `ipl sample --ckpt FILE` or `ipl sample RUN_FOLDER`")
+    if _is_diffusion(target):
+        if class_idx is not None:
+            raise IPLError("--class only applies to conditional StyleGAN2 generators, not diffusion models")
+        if truncation != 1.0:
+            raise IPLError("--truncation does not apply to diffusion models (no truncation trick); drop it")
+        from generators.diffusion import sampling
+
+        # Diffusion models sample from seeded noise (and edit real images): their own command does it.
+        click.get_current_context().invoke(sampling.command, path=Path(target), n=n, seeds=seeds, steps=steps,
+                                           edit_dir=edit_dir, source_too=source_too, out=out, outdir=outdir,
+                                           nrow=nrow, batch=batch, device=device)
+        return
+    if steps is not None or edit_dir is not None:
+        raise IPLError(f"--steps and --edit apply to diffusion models and runs only; {target} is not one")
     if seeds is not None:
         seed_list = parse_seeds(seeds)
         if n is not None and n != len(seed_list):

@@ -214,7 +214,7 @@ def evaluate(s: EvalSettings) -> EvalResult:
     for m in TOY_METRICS:
         if m in metrics and not any(i.toy for i in inputs):
             raise IPLError(f"--metrics {m}: the toy judge only scores runs of the toy world (`ipl adapt "
-                           f"--source toy`); none of the inputs is one.")
+                           f"--source toy` or `--source toy-ddpm`); none of the inputs is one.")
 
     # Cheap checks first: nothing heavy is loaded for a command that cannot finish.
     target_text = s.target or next((i.target_text for i in inputs if i.target_text), None)

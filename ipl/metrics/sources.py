@@ -2,7 +2,8 @@
 
 Each becomes an `EvalInput` that yields image batches in [-1, 1]. Generated samples are fixed by the
 seed: latents are drawn in chunks of `LATENT_CHUNK`, chunk j from its own generator seeded by (seed, j),
-so sample i is the same image for every --n and --batch.
+so sample i is the same image for every --n and --batch. Diffusion generators draw from a pool of inverted
+source images instead: all n latents come from one call (seeded by (seed, 0)), so the n samples are distinct.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from ipl.errors import IPLError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LATENT_CHUNK = 256
+# Sources of the shipped toy world: their runs are scored by the toy judge.
+TOY_SOURCES = ("toy", "toy-ddpm")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,7 +98,8 @@ def _run_meta(config: dict) -> tuple[Optional[str], list[str], bool]:
     target = resolved.get("target_text") or settings.get("target_text") or settings.get("target")
     clips = settings.get("clip") or []
     clips = [clips] if isinstance(clips, str) else list(clips)
-    toy = str(settings.get("source", "")).lower() == "toy" or resolved.get("source_entry") == "toy"
+    toy = (str(settings.get("source", "")).strip().lower() in TOY_SOURCES
+           or resolved.get("source_entry") in TOY_SOURCES)
     return target, clips, toy
 
 
@@ -146,7 +150,12 @@ def _source_check(info: Any) -> dict[str, Any]:
     from ipl.metrics.fid import file_digest
 
     recorded = info.config.get("resolved", {}).get("source_sha256")
-    now = file_digest(info.source_path)
+    from generators.diffusion import is_diffusion_source, resolve as resolve_diffusion
+
+    if is_diffusion_source(info.source_path):  # a folder (or file) digested the way `ipl adapt` recorded it
+        now = resolve_diffusion(str(info.source_path))[1]
+    else:
+        now = file_digest(info.source_path)
     out: dict[str, Any] = {"source_path": str(info.source_path), "source_sha256": now,
                            "source_sha256_at_training": recorded}
     if recorded and recorded != now:
@@ -194,16 +203,23 @@ def _device_of(module: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _latents(gen: Any, seed: int, chunk: int, truncation: float) -> torch.Tensor:
+def _draws_from_pool(gen: Any) -> bool:
+    """True for generators whose latents are picks from a finite pool (diffusion: inverted source images)."""
+    from generators.diffusion.adapter import DiffusionAdapter
+
+    return isinstance(gen, DiffusionAdapter)
+
+
+def _latents(gen: Any, seed: int, chunk: int, truncation: float, count: int = LATENT_CHUNK) -> torch.Tensor:
     g = _chunk_generator(seed, chunk)
     try:
-        return gen.sample_latents(LATENT_CHUNK, generator=g, truncation=truncation)
+        return gen.sample_latents(count, generator=g, truncation=truncation)
     except RuntimeError as e:  # a generator that wants its torch.Generator on its own device
         dev = _device_of(gen)
         if dev.type == "cpu" or "device" not in str(e).lower():
             raise
         g_dev = torch.Generator(device=dev).manual_seed(g.initial_seed())
-        return gen.sample_latents(LATENT_CHUNK, generator=g_dev, truncation=truncation)
+        return gen.sample_latents(count, generator=g_dev, truncation=truncation)
 
 
 @torch.no_grad()
@@ -220,9 +236,12 @@ def sample_batches(inp: EvalInput, n: int, batch: int, seed: int = 0, truncation
     if with_source and src is None:
         raise IPLError(f"{inp.path}: the judge and --with-source need a run folder (source and adapted "
                        "generators), not a single checkpoint.")
+    # A pool generator gives n distinct latents only when asked for all n at once (each call draws from the
+    # same pool, so chunks would repeat images); the others draw fixed-size chunks (sample i fixed by seed).
+    pooled = _draws_from_pool(gen)
     done, chunk = 0, 0
     while done < n:
-        lat = _latents(gen, seed, chunk, truncation)
+        lat = _latents(gen, seed, chunk, truncation, count=n if pooled else LATENT_CHUNK)
         lat = lat[: n - done]
         for i in range(0, len(lat), batch):
             part = lat[i:i + batch]
