@@ -44,7 +44,9 @@ class AdaptConfig:
     layers: Optional[Union[int, str]] = None  # adaptive freezing: k layers, "all" = off, None = registry default
     layer_batch: int = 8                    # latents used to pick the layers each step
     layer_lr: float = 0.01                  # SGD lr of the W+ probe step
-    layer_every: int = 1                    # re-pick the layers every N steps (1: every step, as NADA)
+    # Re-pick the layers every N steps. NADA re-picks every step (1), but its probe (8 latents through G_t
+    # with grad) then costs more than the training step itself; every 4 steps keeps it a minor share.
+    layer_every: int = 4
     truncation: Optional[float] = None      # None: registry default (1.0 for training)
     diffusion: dict = field(default_factory=dict)  # diffusion sources only: DiffusionConfig overrides
                                             # (t0, inversion_steps, generation_steps, lean, source_images, ...)

@@ -45,7 +45,7 @@ class Stage2Settings:
     layers: Optional[int] = None       # k unfrozen per step; None: all (freezing off)
     layer_batch: int = 8
     layer_lr: float = 0.01
-    layer_every: int = 1               # re-pick the layers every N steps (1: every step, as NADA)
+    layer_every: int = 4               # re-pick the layers every N steps (1: every step, as NADA)
     truncation: float = 1.0
     precision: str = "fp32"
     seed: int = 0
