@@ -1,0 +1,157 @@
+"""Train the toy CLIP contrastively on captioned renders of every domain and degraded images.
+
+python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank-cache FILE] [--init clip.safetensors] [--out assets/toy]
+Writes clip_config.json (open_clip model config), clip.safetensors (state dict) and clip_build.json
+(settings, steps, measured zero-shot accuracies) into --out, checkpointing every few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from generators.toy.augment import augment, cheap_augment  # noqa: E402
+from generators.toy.captions import caption  # noqa: E402
+from generators.toy.clip_model import TOY_CLIP_CONFIG, build_model, normalise, tokenizer, zero_shot_domain  # noqa: E402,E501
+from generators.toy.render import DOMAINS, render_dataset  # noqa: E402
+from ipl.atomic import atomic_path, write_json  # noqa: E402
+
+
+def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, captions: list[str]
+                             ) -> torch.Tensor:
+    """Symmetric CLIP loss where every pair with an identical caption string counts as a positive."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = scale * img @ txt.T
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    cid = torch.tensor([ids[c] for c in captions])
+    pos = (cid[:, None] == cid[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    return 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean())
+
+
+@torch.no_grad()
+def evaluate(model, tok, images, labels) -> dict:
+    """Zero-shot domain accuracy on held-out renders (style and degraded)."""
+    model.eval()
+    pred = zero_shot_domain(model, tok, images)
+    model.train()
+    acc = (pred == labels["domain"]).float()
+    per = {d: round(acc[labels["domain"] == i].mean().item(), 4) for i, d in enumerate(DOMAINS)}
+    return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per}
+
+
+def save(model, out: Path, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "clip_config.json", TOY_CLIP_CONFIG)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out / "clip.safetensors") as tmp:
+        save_file(sd, str(tmp))
+    write_json(out / "clip_build.json", info)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=25.0, help="wall-clock training budget")
+    ap.add_argument("--max-steps", type=int, default=20000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--bank", type=int, default=8192, help="renders drawn once and augmented per batch")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bank-cache", default=None, help="keep the render bank in this file (rebuild speed-up)")
+    ap.add_argument("--init", default=None, help="continue from these clip.safetensors weights")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    model = build_model()
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.init))
+        previous = Path(args.init).with_name("clip_build.json")
+    # The token table (49408 x 64) stays at its seeded random init: every step would otherwise update all
+    # 3.2M entries (most tokens never occur here); the transformer learns on top of the fixed vectors.
+    model.token_embedding.requires_grad_(False)
+    model.train()
+    tok = tokenizer()
+    eval_images, eval_labels = render_dataset(700, torch.Generator().manual_seed(10_000 + args.seed))
+    # A bank of renders drawn once (rendering every batch costs more than the model step on a busy CPU);
+    # a quarter of it is first given the full affine augmentation so scale/rotation variety exists.
+    t_bank = time.time()
+    cache = Path(args.bank_cache) if args.bank_cache else None
+    if cache is not None and cache.exists():
+        bank, bank_labels = torch.load(cache)
+    else:
+        chunks = [render_dataset(1024, g) for _ in range(args.bank // 1024)]
+        bank = torch.cat([c[0] for c in chunks])
+        bank_labels = {k: torch.cat([c[1][k] for c in chunks]) for k in chunks[0][1]}
+        quarter = len(bank) // 4
+        bank[:quarter] = augment(bank[:quarter], g)
+        bank = ((bank + 1) * 127.5).round().to(torch.uint8)
+        if cache is not None:
+            torch.save((bank, bank_labels), cache)
+    print(f"bank of {len(bank)} renders in {time.time() - t_bank:.0f}s", flush=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    t0 = time.time()
+    budget = args.minutes * 60
+    warmup = 200
+    info = {"init": args.init, "seed": args.seed, "batch": args.batch, "bank": args.bank, "lr": args.lr, "config": TOY_CLIP_CONFIG, "history": []}
+    if args.init and previous.exists():
+        info["previous"] = json.loads(previous.read_text())
+    last_save = t0
+    step = 0
+    while step < args.max_steps:
+        frac = min((time.time() - t0) / budget, 1.0)
+        if frac >= 1.0:
+            break
+        lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(bank), (args.batch,), generator=g)
+        images = cheap_augment(bank[idx].float() / 127.5 - 1, g)
+        labels = {k: v[idx] for k, v in bank_labels.items()}
+        caps = [caption(int(d), int(s), int(c), int(k), rng) for d, s, c, k in
+                zip(labels["domain"], labels["shape"], labels["colour"], labels["degradation"])]
+        img_f = model.encode_image(normalise(images))
+        txt_f = model.encode_text(tok(caps))
+        loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.3f} "
+                  f"scale={model.logit_scale.exp().item():.1f}", flush=True)
+        if time.time() - last_save > 240:
+            ev = evaluate(model, tok, eval_images, eval_labels)
+            info["history"].append({"step": step, "seconds": round(time.time() - t0), "loss": loss.item(), **ev})
+            print(json.dumps(info["history"][-1]), flush=True)
+            info.update(steps=step, seconds=round(time.time() - t0))
+            save(model, Path(args.out), info)
+            last_save = time.time()
+    ev = evaluate(model, tok, eval_images, eval_labels)
+    info["history"].append({"step": step, "seconds": round(time.time() - t0), **ev})
+    info.update(steps=step, seconds=round(time.time() - t0), final=ev)
+    save(model, Path(args.out), info)
+    print(json.dumps(ev), flush=True)
+    return ev
+
+
+if __name__ == "__main__":
+    main()
