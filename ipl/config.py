@@ -47,6 +47,9 @@ class AdaptConfig:
     # Re-pick the layers every N steps. NADA re-picks every step (1), but its probe (8 latents through G_t
     # with grad) then costs more than the training step itself; every 4 steps keeps it a minor share.
     layer_every: int = 4
+    # Paired random crops/flips of source and adapted images fed to CLIP (0: none, as NADA and IPL).
+    # DESIGN section 9: a defence against a weak CLIP being satisfied by washed-out images.
+    augment_views: int = 0
     truncation: Optional[float] = None      # None: registry default (1.0 for training)
     diffusion: dict = field(default_factory=dict)  # diffusion sources only: DiffusionConfig overrides
                                             # (t0, inversion_steps, generation_steps, lean, source_images, ...)
@@ -85,6 +88,8 @@ class AdaptConfig:
                                    f"got {getattr(self, name)}")
             if self.batch_prompt < 2:
                 raise IPLError("--batch-prompt must be at least 2 (the contrastive loss needs negatives)")
+        if self.augment_views < 0:
+            raise IPLError(f"--augment must be >= 0, got {self.augment_views}")
         if self.sample_every < 0:
             raise IPLError(f"--sample-every must be >= 0, got {self.sample_every}")
         if not (0.0 <= self.ema_decay < 1.0):

@@ -46,6 +46,7 @@ class Stage2Settings:
     layer_batch: int = 8
     layer_lr: float = 0.01
     layer_every: int = 4               # re-pick the layers every N steps (1: every step, as NADA)
+    augment_views: int = 0             # >0: CLIP sees this many paired random crops/flips per image
     truncation: float = 1.0
     precision: str = "fp32"
     seed: int = 0
@@ -141,6 +142,7 @@ class Stage2Trainer:
 
     def step(self) -> dict[str, Any]:
         """One stage-2 iteration; returns its log record (loss terms, layers, seconds, memory)."""
+        from ipl.augment import paired_views
         from ipl.losses import directional_loss
 
         s = self.settings
@@ -169,15 +171,21 @@ class Stage2Trainer:
         terms: dict[str, torch.Tensor] = {}
         with torch.no_grad(), self.autocast():
             images_s = self.G_s.render(latents)
-            src_feats = [c.encode_images(images_s) for c in self.clips]
             texts = [self._text_features(k, latents) for k in range(len(self.clips))]
         with self.autocast():
             images_t = self.G_t.render(latents)
             assert images_t.shape == images_s.shape, f"{tuple(images_t.shape)} vs {tuple(images_s.shape)}"
+            views_s, views_t, n_views = images_s, images_t, 1
+            if s.augment_views > 0:
+                n_views = s.augment_views
+                views_s, views_t = paired_views(images_s, images_t, n_views, generator=self.rng)
+            with torch.no_grad():
+                src_feats = [c.encode_images(views_s) for c in self.clips]
             total = 0.0
             for k, clip in enumerate(self.clips):
-                tgt_feats = clip.encode_images(images_t)
-                src_txt, tgt_txt = texts[k]
+                tgt_feats = clip.encode_images(views_t)
+                # Per-image text directions line up with the view-major image views.
+                src_txt, tgt_txt = (t.repeat(n_views, 1) if t.shape[0] > 1 else t for t in texts[k])
                 loss_k = directional_loss(src_feats[k].float(), tgt_feats.float(),
                                           src_txt.float(), tgt_txt.float())
                 terms[f"dir_{k}"] = loss_k
