@@ -22,32 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # Linux: writing 5 resets the process's peak RSS
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench_common import peak_mb, reset_peak, sync  # noqa: E402
 
 
 def _generator(args, device: torch.device):
@@ -73,33 +48,33 @@ def run_candidate(name: str, precision: str, impl: str, G, clips, args, device) 
     out: dict = {"precision": precision, "impl": impl}
 
     # Stage 1: per-iteration seconds from a run of warmup + iters iterations.
-    _reset_peak(device)
+    reset_peak(device)
     n1 = args.warmup + args.iters
     with autocast():
         res = train_prompts(G, clips, "photo", "sketch", iters=n1, batch=args.batch_prompt, progress=False,
                             seed=0)
-    _sync(device)
+    sync(device)
     secs = [r["seconds"] for r in res.history[args.warmup:]]
     out["stage1_s_per_it"] = round(statistics.median(secs), 4)
-    out["stage1_peak_mb"] = _peak_mb(device)
+    out["stage1_peak_mb"] = peak_mb(device)
 
     # Stage 2 with the learners just trained.
-    _reset_peak(device)
+    reset_peak(device)
     settings = Stage2Settings(method="ipl", layers=args.layers, precision=precision, seed=0)
     trainer = Stage2Trainer(G, clips, "photo", "sketch", res.learners, settings)
     secs, probe = [], []
     for i in range(n1):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         rec = trainer.step()
-        _sync(device)
+        sync(device)
         if i >= args.warmup:
             secs.append(time.perf_counter() - t0)
             probe.append(rec["probe_s"])
     out["stage2_s_per_it"] = round(statistics.median(secs), 4)
     out["stage2_probe_s_per_it"] = round(statistics.median(probe), 4)
     out["stage2_probe_share"] = round(statistics.median(probe) / statistics.median(secs), 3)
-    out["stage2_peak_mb"] = _peak_mb(device)
+    out["stage2_peak_mb"] = peak_mb(device)
     out["est_300_plus_300_s"] = round(300 * (out["stage1_s_per_it"] + out["stage2_s_per_it"]), 1)
     del trainer
     if device.type == "cuda":

@@ -17,13 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from bench_common import sync  # noqa: E402
 
 from ipl.metrics.lpips_diversity import load_lpips, lpips_features, lpips_matrix  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str]) -> dict:
@@ -43,16 +39,16 @@ def main(argv: list[str]) -> dict:
 
     with torch.no_grad():
         model(x[:2], x[2:4])  # warm-up
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         ref = torch.cat([model(x[ii[k:k + args.batch]], x[jj[k:k + args.batch]]).flatten()
                          for k in range(0, len(pairs), args.batch)])
-        _sync(device)
+        sync(device)
         t_package = time.perf_counter() - t0
         t0 = time.perf_counter()
         feats = lpips_features(model, x)
         d = lpips_matrix(model, feats, feats)[ii, jj]
-        _sync(device)
+        sync(device)
         t_gram = time.perf_counter() - t0
     return {
         "device": str(device), "net": args.net, "random_backbone": path is None, "images": args.n,

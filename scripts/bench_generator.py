@@ -20,51 +20,24 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from bench_common import peak_mb, reset_peak, sync  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generators.stylegan2.network import Generator  # noqa: E402
 
 
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # Linux: writing 5 resets the process's peak RSS (VmHWM)
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> tuple[float, float]:
     """Seconds per call and peak memory (MiB) over `iters` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    _reset_peak(device)
+    sync(device)
+    reset_peak(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
-    return (time.perf_counter() - start) / iters, _peak_mb(device)
+    sync(device)
+    return (time.perf_counter() - start) / iters, peak_mb(device)
 
 
 def run_resolution(res: int, args, device: torch.device) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from bench_common import sync  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,23 +27,18 @@ from cuda_ops import _build  # noqa: E402
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> tuple[float, float]:
     """(median ms per call, seconds spent in warm-up, which includes any compilation)."""
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     warm_s = time.perf_counter() - start
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), warm_s
 
