@@ -198,13 +198,7 @@ class Stage2Trainer:
         terms["total"] = total
         self._check_finite(terms)
 
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            total.backward()
-            self.opt.step()
+        self._optimizer_step(total)
         self.ema.update()
         for p in active:
             p.requires_grad_(False)
@@ -216,6 +210,16 @@ class Stage2Trainer:
         record["seconds"] = round(time.perf_counter() - t0, 6)
         record["mem_mb"] = memory_mb(self.device)
         return record
+
+    def _optimizer_step(self, total: torch.Tensor) -> None:
+        """Backward and one optimiser step (through the fp16 grad scaler when there is one)."""
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         bad = [name for name, v in terms.items() if not math.isfinite(float(v.detach()))]

@@ -52,13 +52,7 @@ class LeanStage2Trainer(Stage2Trainer):
             terms["total"] = total
             self._check_finite(terms)
             self.opt.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-                self.scaler.step(self.opt)
-                self.scaler.update()
-            else:
-                total.backward()
-                self.opt.step()
+            self._optimizer_step(total)
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
             last.clear()
