@@ -2,7 +2,13 @@
 
 python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank-cache FILE] [--init clip.safetensors] [--out assets/toy]
 Writes clip_config.json (open_clip model config), clip.safetensors (state dict) and clip_build.json
-(settings, steps, measured zero-shot accuracies) into --out, checkpointing every few minutes.
+(settings, steps, measured zero-shot accuracies and path losses) into --out, checkpointing every few minutes.
+
+Besides the contrastive loss, an interpolation loss (--interp-weight) asks the embedding of a pixel blend
+(1-t) A + t B of one scene in two variants (domains or a degradation) to lie on the chord between the
+embeddings of A and B, a small step held to the same relative accuracy as a large one. Without it the first toy CLIP read a slightly darkened background as a move *away*
+from "on a dark background" (directional loss above 1 for the first fifth of the way), so no gradient could
+lead a generator there; real CLIP changes gradually with gradual image changes, and the toy CLIP must too.
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.toy.augment import augment, cheap_augment  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
-from generators.toy.clip_model import TOY_CLIP_CONFIG, build_model, normalise, tokenizer, zero_shot_domain  # noqa: E402,E501
-from generators.toy.render import DOMAINS, render_dataset  # noqa: E402
+from generators.toy.clip_model import (TOY_CLIP_CONFIG, build_model, normalise, path_losses, tokenizer,  # noqa: E402
+                                       zero_shot_domain)
+from generators.toy.render import (DEGRADATIONS, DOMAINS, STYLE_DOMAINS, degrade, render,  # noqa: E402
+                                   render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
 
 
@@ -39,15 +47,51 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
     return 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean())
 
 
+def scene_variants(n: int, g: torch.Generator) -> torch.Tensor:
+    """n scenes, each rendered in every style domain and once degraded: [n, V, 3, H, W], V = 7."""
+    p = sample_params(n, g)
+    styles = [render(p, d) for d in STYLE_DOMAINS]
+    kind = torch.randint(0, len(DEGRADATIONS), (n,), generator=g)
+    styles.append(degrade(styles[0], kind, g))
+    return torch.stack(styles, dim=1)
+
+
+def interpolation_loss(model, variants: torch.Tensor, g: torch.Generator, t_min: float = 0.02,
+                       power: float = 2.0, from_source: float = 0.5) -> torch.Tensor:
+    """mean (1 - cos(E(blend_t), norm((1-t) E(A) + t E(B)))) / t**power over variant pairs (A, B) of each scene.
+
+    E is the normalised image embedding, blend_t = (1-t) A + t B with t log-uniform in [t_min, 1]: the
+    embedding of a blend should lie on the chord between the endpoints' embeddings. With power 2 the loss is
+    about (angle off the chord / angle travelled)^2 / 2, so a small step is held to the same relative accuracy
+    as a large one; it stays bounded because the target is a point on the chord, never a normalised
+    vanishing difference (normalising E(blend) - E(A) collapsed the model within minutes). A share
+    `from_source` of the pairs starts at the source domain (variant 0, `solid`), where adaptation starts.
+    """
+    n, v = variants.shape[:2]
+    a = torch.randint(0, v, (n,), generator=g)
+    a = torch.where(torch.rand(n, generator=g) < from_source, torch.zeros_like(a), a)
+    b = (a + torch.randint(1, v, (n,), generator=g)) % v              # a different variant of the same scene
+    t = torch.exp(torch.rand(n, generator=g) * math.log(t_min))[:, None]
+    img_a, img_b = variants[torch.arange(n), a], variants[torch.arange(n), b]
+    with torch.no_grad():  # the endpoints are placed by the contrastive loss; only the path between them is taught
+        ea = F.normalize(model.encode_image(normalise(img_a)), dim=-1)
+        eb = F.normalize(model.encode_image(normalise(img_b)), dim=-1)
+        target = F.normalize((1 - t) * ea + t * eb, dim=-1)
+    blend = (1 - t)[:, :, None, None] * img_a + t[:, :, None, None] * img_b
+    e = F.normalize(model.encode_image(normalise(blend)), dim=-1)
+    return ((1 - (e * target).sum(-1)) / t[:, 0] ** power).mean()
+
+
 @torch.no_grad()
 def evaluate(model, tok, images, labels) -> dict:
-    """Zero-shot domain accuracy on held-out renders (style and degraded)."""
+    """Zero-shot domain accuracy on held-out renders (style and degraded) and the solid -> domain path losses."""
     model.eval()
     pred = zero_shot_domain(model, tok, images)
+    paths = path_losses(model, tok)
     model.train()
     acc = (pred == labels["domain"]).float()
     per = {d: round(acc[labels["domain"] == i].mean().item(), 4) for i, d in enumerate(DOMAINS)}
-    return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per}
+    return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per, "path_losses": paths}
 
 
 def save(model, out: Path, info: dict) -> None:
@@ -68,6 +112,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--bank", type=int, default=8192, help="renders drawn once and augmented per batch")
+    ap.add_argument("--interp-weight", type=float, default=1.0, help="weight of the interpolation loss (0: off)")
+    ap.add_argument("--interp-power", type=float, default=2.0, help="small steps weighted by 1/t**power")
+    ap.add_argument("--interp-from-source", type=float, default=0.5,
+                    help="share of interpolation pairs that start at the source domain (solid)")
+    ap.add_argument("--interp-batch", type=int, default=24, help="scenes per step for the interpolation loss")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bank-cache", default=None, help="keep the render bank in this file (rebuild speed-up)")
@@ -110,7 +159,10 @@ def main(argv=None) -> dict:
     t0 = time.time()
     budget = args.minutes * 60
     warmup = 200
-    info = {"init": args.init, "seed": args.seed, "batch": args.batch, "bank": args.bank, "lr": args.lr, "config": TOY_CLIP_CONFIG, "history": []}
+    info = {"init": args.init, "seed": args.seed, "batch": args.batch, "bank": args.bank, "lr": args.lr,
+            "interp_weight": args.interp_weight, "interp_batch": args.interp_batch,
+            "interp_power": args.interp_power, "interp_from_source": args.interp_from_source, "config": TOY_CLIP_CONFIG,
+            "history": []}
     if args.init and previous.exists():
         info["previous"] = json.loads(previous.read_text())
     last_save = t0
@@ -130,13 +182,18 @@ def main(argv=None) -> dict:
         img_f = model.encode_image(normalise(images))
         txt_f = model.encode_text(tok(caps))
         loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)
+        interp = torch.zeros(())
+        if args.interp_weight > 0:
+            interp = interpolation_loss(model, scene_variants(args.interp_batch, g), g, power=args.interp_power,
+                                        from_source=args.interp_from_source)
+            loss = loss + args.interp_weight * interp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.3f} "
+            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.3f} interp={interp.item():.4f} "
                   f"scale={model.logit_scale.exp().item():.1f}", flush=True)
         if time.time() - last_save > 240:
             ev = evaluate(model, tok, eval_images, eval_labels)

@@ -63,6 +63,20 @@ def test_toy_clip_zero_shot_domain_accuracy():
     assert acc >= 0.95, acc
 
 
+def test_toy_clip_follows_gradual_changes():
+    # The shipped toy CLIP must tell a generator which way to go from its first, small steps: the image change
+    # of a 30% blend from solid toward each domain points along that domain's text direction (loss < 1), and the
+    # full change does so clearly. (The first toy CLIP gave 0.99 and, at a 10% blend, 1.22 for `dark`:
+    # backwards; see scripts/build_toy_clip.py, interpolation loss.)
+    from generators.toy.clip_model import load_toy_clip, path_losses
+
+    model, tok = load_toy_clip()
+    paths = path_losses(model, tok, n=32)
+    for domain, row in paths.items():
+        assert row["t=1.0"] < 0.5, (domain, row)
+        assert row["t=0.3"] < 0.95 and row["t=0.1"] < 1.0, (domain, row)
+
+
 def _generator_judged(n: int = 96, seed: int = 99) -> dict:
     """Judged shape/colour/domain rates of the shipped generator on fixed latents."""
     import generators
@@ -84,15 +98,36 @@ def _generator_judged(n: int = 96, seed: int = 99) -> dict:
             "solid": (pred["domain"] == DOMAINS.index("solid")).float().mean().item()}
 
 
-def test_toy_generator_renders_intended_shape_and_colour_mostly():
-    # Floor of what the shipped generator reaches (measured on 600 samples: shape 0.87, colour 0.82,
-    # both 0.72, judged solid 0.74); chance would be 1/3, 1/6, 1/18.
-    r = _generator_judged()
-    assert r["shape"] >= 0.75 and r["colour"] >= 0.7 and r["both"] >= 0.6 and r["solid"] >= 0.6, r
-
-
-@pytest.mark.xfail(strict=True, reason="issue 8 target (>= 0.9 shape and colour) not reached yet: the shipped "
-                                       "generator had only ~55 CPU-minutes of training; rebuild it longer")
 def test_toy_generator_meets_issue_target():
+    # Issue 8: the judge finds the intended shape and colour in >= 90% of samples, and they look like `solid`
+    # renders (measured on 600 samples at build time: shape 1.00, colour 0.92, both 0.92, judged solid 1.00;
+    # chance would be 1/3, 1/6, 1/18).
     r = _generator_judged()
-    assert r["both"] >= 0.9 and r["solid"] >= 0.9, r
+    assert r["both"] >= 0.9 and r["solid"] >= 0.95, r
+
+
+def test_toy_adapt_and_eval_through_the_cli(tmp_path):
+    # The README's first command at a reduced iteration count: a complete run folder, then the judge's numbers.
+    import json
+
+    from click.testing import CliRunner
+
+    from ipl.cli import cli
+
+    out = tmp_path / "toy-dark"
+    r = CliRunner().invoke(cli, ["adapt", "--source", "toy", "--target", "on a dark background", "--out", str(out),
+                                 "--iters-prompt", "4", "--batch-prompt", "4", "--iters", "4", "--device", "cpu",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    config = json.loads((out / "config.json").read_text())
+    assert config["status"] == "complete" and config["settings"]["clip"] == ["toy"]
+    assert config["resolved"]["source_text"] == "a solid shape"
+    for name in ("generator.safetensors", "checkpoint.pt", "log.jsonl", "samples/final.png", "prompts"):
+        assert (out / name).exists(), name
+    r = CliRunner().invoke(cli, ["eval", str(out), "--metrics", "judge", "--n", "64", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    judge = json.loads((out / "eval.json").read_text())["columns"][0]["details"]["judge"]
+    assert judge["n"] == 64 and judge["target_domain"] == "dark"
+    # Four small steps from a sharp source: the content survives and nothing is judged broken.
+    assert judge["content_kept"] >= 0.9 and judge["diversity_kept"] >= 0.9 and judge["degraded_rate"] <= 0.05, judge
+    assert 0.0 <= judge["target_rate"] <= 1.0 and 0.0 <= judge["clip_judge_agreement"] <= 1.0

@@ -79,3 +79,34 @@ def zero_shot_domain(model, tok, images: torch.Tensor, batch: int = 256) -> torc
         f = model.encode_image(normalise(images[i:i + batch].to(dev)))
         out.append((f / f.norm(dim=-1, keepdim=True)) @ text.T)
     return torch.cat(out).argmax(1).cpu()
+
+
+@torch.no_grad()
+def path_losses(model, tok, n: int = 64, seed: int = 0, steps: tuple[float, ...] = (0.1, 0.3, 1.0)) -> dict:
+    """NADA directional loss of solid -> domain pixel blends (1-t) solid + t domain, per domain and t.
+
+    1 means the image change is orthogonal to the text change, above 1 that it points backwards. A CLIP that
+    can guide an adaptation must already give < 1 at small t: a generator's first steps are small.
+    """
+    import torch.nn.functional as F
+
+    from .captions import ZERO_SHOT_PROMPTS
+    from .render import STYLE_DOMAINS, render, sample_params
+
+    dev = next(model.parameters()).device
+    p = sample_params(n, torch.Generator().manual_seed(seed))
+    src = render(p, "solid").to(dev)
+    fs = F.normalize(model.encode_image(normalise(src)), dim=-1)
+    ts = F.normalize(model.encode_text(tok([ZERO_SHOT_PROMPTS["solid"][0]]).to(dev)), dim=-1)
+    out = {}
+    for d in STYLE_DOMAINS[1:]:
+        tt = F.normalize(model.encode_text(tok([ZERO_SHOT_PROMPTS[d][0]]).to(dev)), dim=-1)
+        d_txt = F.normalize(tt - ts, dim=-1)
+        tgt = render(p, d).to(dev)
+        row = {}
+        for t in steps:
+            fb = F.normalize(model.encode_image(normalise((1 - t) * src + t * tgt)), dim=-1)
+            d_img = F.normalize(fb - fs, dim=-1)
+            row[f"t={t}"] = round(1 - (d_img @ d_txt.T).mean().item(), 4)
+        out[d] = row
+    return out
