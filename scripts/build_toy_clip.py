@@ -6,9 +6,10 @@ Writes clip_config.json (open_clip model config), clip.safetensors (state dict) 
 
 Besides the contrastive loss, an interpolation loss (--interp-weight) asks the embedding of a pixel blend
 (1-t) A + t B of one scene in two variants (domains or a degradation) to lie on the chord between the
-embeddings of A and B, a small step held to the same relative accuracy as a large one. Without it the first toy CLIP read a slightly darkened background as a move *away*
-from "on a dark background" (directional loss above 1 for the first fifth of the way), so no gradient could
-lead a generator there; real CLIP changes gradually with gradual image changes, and the toy CLIP must too.
+embeddings of A and B, a small step held to the same relative accuracy as a large one. Without it the first
+toy CLIP read a slightly darkened background as a move *away* from "on a dark background" (directional loss
+above 1 for the first ~30% of the way), so no gradient could lead a generator there; real CLIP changes
+gradually with gradual image changes, and the toy CLIP must too.
 """
 from __future__ import annotations
 
@@ -161,8 +162,8 @@ def main(argv=None) -> dict:
     warmup = 200
     info = {"init": args.init, "seed": args.seed, "batch": args.batch, "bank": args.bank, "lr": args.lr,
             "interp_weight": args.interp_weight, "interp_batch": args.interp_batch,
-            "interp_power": args.interp_power, "interp_from_source": args.interp_from_source, "config": TOY_CLIP_CONFIG,
-            "history": []}
+            "interp_power": args.interp_power, "interp_from_source": args.interp_from_source,
+            "config": TOY_CLIP_CONFIG, "history": []}
     if args.init and previous.exists():
         info["previous"] = json.loads(previous.read_text())
     last_save = t0
@@ -193,8 +194,8 @@ def main(argv=None) -> dict:
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.3f} interp={interp.item():.4f} "
-                  f"scale={model.logit_scale.exp().item():.1f}", flush=True)
+            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.3f} "
+                  f"interp={interp.item():.4f} scale={model.logit_scale.exp().item():.1f}", flush=True)
         if time.time() - last_save > 240:
             ev = evaluate(model, tok, eval_images, eval_labels)
             info["history"].append({"step": step, "seconds": round(time.time() - t0), "loss": loss.item(), **ev})
