@@ -94,6 +94,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=1, help="(target, method) pairs run at once")
     ap.add_argument("--out", default="runs/toy_benchmark")
     args = ap.parse_args(argv)
+    unknown = [d for d in args.targets.split(",") if d not in TARGET_TEXTS]
+    if unknown:
+        ap.error(f"unknown target domain(s) {unknown}; choose from {','.join(TARGET_TEXTS)}")
+    if any(m not in ("ipl", "nada") for m in args.methods.split(",")):
+        ap.error(f"--methods {args.methods!r}: choose from ipl,nada")
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

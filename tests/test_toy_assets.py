@@ -131,3 +131,28 @@ def test_toy_adapt_and_eval_through_the_cli(tmp_path):
     # Four small steps from a sharp source: the content survives and nothing is judged broken.
     assert judge["content_kept"] >= 0.9 and judge["diversity_kept"] >= 0.9 and judge["degraded_rate"] <= 0.05, judge
     assert 0.0 <= judge["target_rate"] <= 1.0 and 0.0 <= judge["clip_judge_agreement"] <= 1.0
+
+
+def test_toy_benchmark_script_writes_table_json_and_grids(tmp_path):
+    # scripts/toy_benchmark.py end to end at a tiny size, two runs at once: one row per (target, method), in order.
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "toy_benchmark.py"
+    spec = importlib.util.spec_from_file_location("toy_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    bench.main(["--targets", "dark", "--methods", "ipl,nada", "--n", "16", "--jobs", "2", "--out", str(out), "--",
+                "--iters-prompt", "2", "--batch-prompt", "2", "--iters", "2"])
+    result = json.loads((out / "benchmark.json").read_text())
+    assert [(r["target"], r["method"]) for r in result["rows"]] == [("dark", "ipl"), ("dark", "nada")]
+    assert all(r["judge"]["n"] == 16 and "--iters" in r["adapt_command"] for r in result["rows"])
+    assert result["machine"]["threads_per_job"] >= 1
+    table = (out / "benchmark.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| dark | ipl |")
+    from PIL import Image
+
+    grids = Image.open(out / "grids.png")
+    assert grids.height > 2 * Image.open(out / "dark-ipl" / "samples" / "final.png").height
