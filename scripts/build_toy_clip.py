@@ -1,6 +1,8 @@
 """Train the toy CLIP contrastively on captioned renders of every domain and degraded images.
 
-python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank-cache FILE] [--init clip.safetensors] [--out assets/toy]
+python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank-cache FILE]
+                                 [--init clip.safetensors] [--photometric 1] [--tint 0] [--bg-tint 0]
+                                 [--grey-bg 0] [--fare-eps 0] [--out assets/toy]
 Writes clip_config.json (open_clip model config), clip.safetensors (state dict) and clip_build.json
 (settings, steps, measured zero-shot accuracies and path losses) into --out, checkpointing every few minutes.
 
@@ -10,6 +12,13 @@ embeddings of A and B, a small step held to the same relative accuracy as a larg
 toy CLIP read a slightly darkened background as a move *away* from "on a dark background" (directional loss
 above 1 for the first ~30% of the way), so no gradient could lead a generator there; real CLIP changes
 gradually with gradual image changes, and the toy CLIP must too.
+
+With --fare-eps, the run instead fine-tunes the image tower of --init to be adversarially robust by FARE
+(Schlarmann et al., 2024): the embedding of a worst-case perturbed image (L-inf ball of radius eps, found by
+PGD) is pulled to the original model's embedding of the clean image; the text tower stays as it was, so the
+zero-shot classifier is kept. A non-robust CLIP's image gradient points at imperceptible pixel patterns, and
+a generator fine-tuned by that gradient learns them (tints, faint textures) instead of the style; robust
+models have perceptually aligned gradients (Santurkar et al., 2019), which is what a CLIP guidance needs.
 """
 from __future__ import annotations
 
@@ -26,12 +35,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generators.toy.augment import augment, cheap_augment  # noqa: E402
+from generators.toy.augment import augment, cheap_augment, tint  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
-from generators.toy.clip_model import (TOY_CLIP_CONFIG, build_model, normalise, path_losses, tokenizer,  # noqa: E402
-                                       zero_shot_domain)
-from generators.toy.render import (DEGRADATIONS, DOMAINS, STYLE_DOMAINS, degrade, render,  # noqa: E402
-                                   render_dataset, sample_params)
+from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_step_losses, build_model,  # noqa: E402
+                                       normalise, path_losses, tokenizer, zero_shot_domain)
+from generators.toy.render import (DEGRADATIONS, DOMAINS, STYLE_DOMAINS, degrade, hsv_to_rgb,  # noqa: E402
+                                   render, render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
 
 
@@ -83,16 +92,91 @@ def interpolation_loss(model, variants: torch.Tensor, g: torch.Generator, t_min:
     return ((1 - (e * target).sum(-1)) / t[:, 0] ** power).mean()
 
 
+def fare_loss(model, teacher, images: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """FARE: max over ||delta||_inf <= eps of ||E(x + delta) - E_0(x)||^2, found by PGD; images in [-1, 1].
+
+    eps is in [-1, 1] image units (2/255 per 8-bit level). Returns the loss at the found delta, with graph.
+    """
+    with torch.no_grad():
+        target = teacher.encode_image(normalise(images))
+    delta = (torch.rand_like(images) * 2 - 1) * eps
+    alpha = 2.5 * eps / steps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        emb = model.encode_image(normalise((images + delta).clamp(-1, 1)))
+        inner = (emb - target).pow(2).sum(-1).mean()
+        (grad,) = torch.autograd.grad(inner, delta)
+        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    emb = model.encode_image(normalise((images + delta).clamp(-1, 1)))
+    return (emb - target).pow(2).sum(-1).mean()
+
+
+GREY_PHRASES = {  # background lightness bins between the light (solid) and the dark domain
+    "dark grey": ["on a dark grey background", "a {c} {s} on a dark grey background",
+                  "a shape on a dark grey background"],
+    "grey": ["on a grey background", "a {c} {s} on a grey background", "a shape on a grey background"],
+    "light grey": ["on a light grey background", "a {c} {s} on a light grey background",
+                   "a shape on a light grey background"],
+}
+
+
+def grey_caption(level: float, shape: int, colour: int, rng: random.Random) -> str:
+    """Caption of a solid scene on a background of lightness level in (0.15, 0.86), by bin."""
+    from generators.toy.captions import WRAPPERS
+    from generators.toy.render import COLOURS, SHAPES
+
+    name = "dark grey" if level < 0.4 else "grey" if level < 0.7 else "light grey"
+    text = rng.choice(GREY_PHRASES[name]).format(c=COLOURS[colour], s=SHAPES[shape])
+    return rng.choice(WRAPPERS).format(text)
+
+
+def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: random.Random, grey: float = 0.0
+                            ) -> tuple[torch.Tensor, list[str]]:
+    """n renders of random style domains on a coloured background of the domain's lightness, with captions.
+
+    The colour is a luminance-neutral chroma of amplitude up to `amount` (half that on dark backgrounds), so a
+    light-blue background is still `solid` and a navy one still `dark`: background hue is not a style, and
+    only background *lightness* moves an image toward "on a dark background".
+    """
+    p = sample_params(n, g)
+    dom = torch.randint(0, len(STYLE_DOMAINS), (n,), generator=g)
+    u = torch.rand(n, 2, generator=g)
+    chroma = hsv_to_rgb(u[:, 0] * 360, 1.0, 1.0)
+    chroma = chroma - chroma.mean(1, keepdim=True)
+    chroma = chroma / chroma.abs().amax(1, keepdim=True)
+    dark = dom == STYLE_DOMAINS.index("dark")
+    level = torch.where(dark, 0.03 + 0.12 * p.bg, 0.86 + 0.11 * p.bg)
+    # A share `grey` of the scenes become solid shapes on a mid-lightness background, captioned by its bin,
+    # so that lightness between the two domains' ranges is ordered rather than unseen.
+    is_grey = torch.rand(n, generator=g) < grey
+    dom = torch.where(is_grey, STYLE_DOMAINS.index("solid"), dom)
+    level = torch.where(is_grey, 0.15 + 0.71 * torch.rand(n, generator=g), level)
+    amp = amount * u[:, 1] * torch.where(dark, 0.5, 1.0)
+    background = (level[:, None] + amp[:, None] * chroma).clamp(0, 1)
+    images = torch.empty(n, 3, 64, 64)
+    for i, d in enumerate(STYLE_DOMAINS):
+        idx = (dom == i).nonzero()[:, 0]
+        if len(idx):
+            images[idx] = render(p.index(idx), d, background=background[idx])
+    caps = [grey_caption(float(lv), int(s), int(c), rng) if gr else
+            caption(DOMAINS.index(STYLE_DOMAINS[int(d)]), int(s), int(c), -1, rng)
+            for d, s, c, gr, lv in zip(dom, p.shape, p.colour, is_grey, level)]
+    return images, caps
+
+
 @torch.no_grad()
 def evaluate(model, tok, images, labels) -> dict:
     """Zero-shot domain accuracy on held-out renders (style and degraded) and the solid -> domain path losses."""
     model.eval()
     pred = zero_shot_domain(model, tok, images)
     paths = path_losses(model, tok)
+    steps = background_step_losses(model, tok)
+    steps.pop("tints")
     model.train()
     acc = (pred == labels["domain"]).float()
     per = {d: round(acc[labels["domain"] == i].mean().item(), 4) for i, d in enumerate(DOMAINS)}
-    return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per, "path_losses": paths}
+    return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per, "path_losses": paths,
+            "background_steps": steps}
 
 
 def save(model, out: Path, info: dict) -> None:
@@ -118,6 +202,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--interp-from-source", type=float, default=0.5,
                     help="share of interpolation pairs that start at the source domain (solid)")
     ap.add_argument("--interp-batch", type=int, default=24, help="scenes per step for the interpolation loss")
+    ap.add_argument("--photometric", type=float, default=1.0,
+                    help="scale of the brightness/contrast jitter (0: none; it teaches invariance to darkening)")
+    ap.add_argument("--tint", type=float, default=0.0,
+                    help="max luminance-neutral colour cast per channel on half of the images (0: none)")
+    ap.add_argument("--bg-tint", type=float, default=0.0,
+                    help="add renders on coloured backgrounds of this chroma amplitude to each batch (0: none)")
+    ap.add_argument("--bg-tint-batch", type=int, default=16, help="coloured-background renders per step")
+    ap.add_argument("--grey-bg", type=float, default=0.0,
+                    help="share of those renders on a mid-grey background, captioned by lightness (0: none)")
+    ap.add_argument("--fare-eps", type=float, default=0.0,
+                    help="FARE robust fine-tune of --init's image tower at this L-inf radius in 8-bit levels (0: off)")
+    ap.add_argument("--fare-steps", type=int, default=5, help="PGD steps per FARE batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bank-cache", default=None, help="keep the render bank in this file (rebuild speed-up)")
@@ -137,6 +233,15 @@ def main(argv=None) -> dict:
     # The token table (49408 x 64) stays at its seeded random init: every step would otherwise update all
     # 3.2M entries (most tokens never occur here); the transformer learns on top of the fixed vectors.
     model.token_embedding.requires_grad_(False)
+    teacher = None
+    if args.fare_eps > 0:
+        if not args.init:
+            ap.error("--fare-eps fine-tunes a trained toy CLIP: give its weights with --init")
+        import copy
+
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        model.requires_grad_(False)
+        model.visual.requires_grad_(True)  # only the image tower moves; text features (the classifier) stay
     model.train()
     tok = tokenizer()
     eval_images, eval_labels = render_dataset(700, torch.Generator().manual_seed(10_000 + args.seed))
@@ -156,13 +261,17 @@ def main(argv=None) -> dict:
         if cache is not None:
             torch.save((bank, bank_labels), cache)
     print(f"bank of {len(bank)} renders in {time.time() - t_bank:.0f}s", flush=True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05,
+                            betas=(0.9, 0.98))
     t0 = time.time()
     budget = args.minutes * 60
     warmup = 200
     info = {"init": args.init, "seed": args.seed, "batch": args.batch, "bank": args.bank, "lr": args.lr,
             "interp_weight": args.interp_weight, "interp_batch": args.interp_batch,
             "interp_power": args.interp_power, "interp_from_source": args.interp_from_source,
+            "photometric": args.photometric, "tint": args.tint, "bg_tint": args.bg_tint, "grey_bg": args.grey_bg,
+            "bg_tint_batch": args.bg_tint_batch,
+            "fare_eps": args.fare_eps, "fare_steps": args.fare_steps,
             "config": TOY_CLIP_CONFIG, "history": []}
     if args.init and previous.exists():
         info["previous"] = json.loads(previous.read_text())
@@ -176,10 +285,36 @@ def main(argv=None) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(bank), (args.batch,), generator=g)
-        images = cheap_augment(bank[idx].float() / 127.5 - 1, g)
+        images = cheap_augment(bank[idx].float() / 127.5 - 1, g, photometric=args.photometric)
+        if args.tint > 0:
+            half = torch.rand(len(images), generator=g) < 0.5
+            images[half] = tint(images[half], args.tint, g)
         labels = {k: v[idx] for k, v in bank_labels.items()}
+        if teacher is not None:
+            loss = fare_loss(model, teacher, images, 2 * args.fare_eps / 255, args.fare_steps)
+            interp = torch.zeros(())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if step % 100 == 0:
+                print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} fare={loss.item():.4f}", flush=True)
+            if time.time() - last_save > 240:
+                ev = evaluate(model, tok, eval_images, eval_labels)
+                info["history"].append({"step": step, "seconds": round(time.time() - t0), "loss": loss.item(), **ev})
+                print(json.dumps(info["history"][-1]), flush=True)
+                info.update(steps=step, seconds=round(time.time() - t0))
+                save(model, Path(args.out), info)
+                last_save = time.time()
+            continue
         caps = [caption(int(d), int(s), int(c), int(k), rng) for d, s, c, k in
                 zip(labels["domain"], labels["shape"], labels["colour"], labels["degradation"])]
+        if args.bg_tint > 0:
+            extra_images, extra_caps = tinted_background_batch(args.bg_tint_batch, args.bg_tint, g, rng,
+                                                              grey=args.grey_bg)
+            images = torch.cat([images, cheap_augment(extra_images, g, photometric=args.photometric)])
+            caps = caps + extra_caps
         img_f = model.encode_image(normalise(images))
         txt_f = model.encode_text(tok(caps))
         loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)

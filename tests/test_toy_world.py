@@ -97,3 +97,87 @@ def test_captions_and_target_texts():
     assert tuple(ZERO_SHOT_PROMPTS) == DOMAINS
     with pytest.raises(ValueError):
         domain_from_text("a werewolf")
+
+
+def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
+    # The robust fine-tune's inner maximisation: with the student equal to the teacher and eps = 0 the loss is
+    # exactly 0; PGD finds perturbations worse than random ones in the same ball, and a larger ball is worse.
+    import copy
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_toy_clip.py"
+    spec = importlib.util.spec_from_file_location("build_toy_clip", path)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    from generators.toy.clip_model import build_model, normalise
+
+    torch.manual_seed(0)
+    model = build_model().eval()
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    images = render(sample_params(6, torch.Generator().manual_seed(3)), "solid")
+    assert build.fare_loss(model, teacher, images, eps=0.0, steps=2).item() == 0.0
+    eps = 2 * 4 / 255
+    with torch.no_grad():
+        target = teacher.encode_image(normalise(images))
+        noise = (torch.rand_like(images) * 2 - 1).sign() * eps
+        random_loss = (model.encode_image(normalise((images + noise).clamp(-1, 1))) - target).pow(2).sum(-1).mean()
+    pgd = build.fare_loss(model, teacher, images, eps=eps, steps=5)
+    assert pgd.requires_grad
+    assert pgd.item() > 2 * random_loss.item()
+    assert build.fare_loss(model, teacher, images, eps=2 * eps, steps=5).item() > pgd.item()
+
+
+def test_background_step_losses_known_answers():
+    # A stand-in CLIP whose image embedding is (100, -mean lightness, red - lightness, green - lightness) and whose
+    # text change from the source text to "on a dark background" is +1 on the second axis: darkening must
+    # score 0, lightening 2 and every luminance-neutral tint 1 (orthogonal).
+    from generators.toy.captions import TARGET_TEXTS
+    from generators.toy.clip_model import MEAN, STD, background_step_losses
+
+    class Texts(list):
+        def to(self, device):
+            return self
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def encode_image(self, x):
+            rgb = (x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).mean((2, 3))
+            light = rgb.mean(1, keepdim=True)
+            # a large constant first axis makes the unit normalisation nearly a uniform scale
+            return torch.cat([100 * torch.ones_like(light), -light, rgb[:, :2] - light], 1)
+
+        def encode_text(self, texts):
+            return torch.tensor([[100.0, 1.0 if t == TARGET_TEXTS["dark"] else -1.0, 0.0, 0.0] for t in texts])
+
+    # step 0.02 keeps every moved background inside [0, 1] (no clamping, so tints stay luminance-neutral)
+    out = background_step_losses(StandIn(), Texts, n=4, hues=6, step=0.02)
+    assert abs(out["darken"]) < 1e-3 and abs(out["lighten"] - 2) < 1e-3, out
+    assert all(abs(v - 1) < 1e-3 for v in out["tints"].values()), out["tints"]
+
+
+def test_render_background_override():
+    # A given background colour replaces the domain's grey outside the shape and leaves the shape as it was.
+    p = sample_params(5, torch.Generator().manual_seed(4))
+    colour = torch.tensor([[0.2, 0.5, 0.9]]).expand(5, 3)
+    plain, coloured = render(p, "solid"), render(p, "solid", background=colour)
+    corner = (coloured[:, :, 0, 0] + 1) / 2
+    assert torch.allclose(corner, colour, atol=1e-6)
+    inside = (plain - coloured).abs().amax(1) < 1e-6
+    assert inside.float().mean(dim=(1, 2)).min() > 0.02          # the shape's pixels did not change
+    with pytest.raises(AssertionError):
+        render(p, "solid", background=colour[:2])
+
+
+def test_tint_is_a_luminance_neutral_colour_cast():
+    from generators.toy.augment import tint
+
+    x = torch.full((64, 3, 8, 8), 0.5)
+    y = tint(x, 0.1, torch.Generator().manual_seed(0))
+    shift = (y - x) / 2                                            # [0, 1] units
+    assert torch.allclose(shift.mean(1), torch.zeros(64, 8, 8), atol=1e-6)
+    assert shift.abs().max() <= 0.1 + 1e-6 and shift.abs().amax((1, 2, 3)).max() > 0.08
+    assert (shift.std((2, 3)) < 1e-6).all()                        # one cast per image

@@ -43,9 +43,12 @@ def augment(x: torch.Tensor, generator: Optional[torch.Generator] = None, streng
     return x.clamp(-1, 1)
 
 
-def cheap_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None, max_shift: int = 6
-                  ) -> torch.Tensor:
-    """Fast variant: integer shift (replicated border), horizontal flip, small brightness/contrast, noise."""
+def cheap_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None, max_shift: int = 6,
+                  photometric: float = 1.0) -> torch.Tensor:
+    """Fast variant: integer shift (replicated border), horizontal flip, small brightness/contrast, noise.
+
+    photometric scales the brightness/contrast jitter (1: +-0.06 / +-10%; 0: none).
+    """
     n, c, h, w = x.shape
     u = torch.rand(n, 4, generator=generator)
     sx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
@@ -58,8 +61,24 @@ def cheap_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None, 
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     bidx = torch.arange(n)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    b = 0.06 * (u[:, 1] * 2 - 1)
-    k = 1 + 0.1 * (u[:, 2] * 2 - 1)
+    b = photometric * 0.06 * (u[:, 1] * 2 - 1)
+    k = 1 + photometric * 0.1 * (u[:, 2] * 2 - 1)
     out = out * k[:, None, None, None] + b[:, None, None, None]
     out = out + 0.03 * torch.randn(out.shape, generator=generator)
     return out.clamp(-1, 1)
+
+
+def tint(x: torch.Tensor, amount: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A random colour cast of luminance-neutral chroma, up to `amount` per channel ([0, 1] units), per image.
+
+    x: [N, 3, H, W] in [-1, 1]. A white-balance change: no toy domain is defined by it (a strong cast is
+    `degraded`), so a CLIP trained with it cannot read a faint tint as a style.
+    """
+    n = x.shape[0]
+    u = torch.rand(n, 2, generator=generator).to(x.device)
+    from .render import hsv_to_rgb
+
+    chroma = hsv_to_rgb(u[:, 0] * 360, 1.0, 1.0)
+    chroma = chroma - chroma.mean(1, keepdim=True)
+    chroma = chroma / chroma.abs().amax(1, keepdim=True)                  # max |channel| = 1
+    return (x + 2 * amount * u[:, 1:2, None, None] * chroma[:, :, None, None]).clamp(-1, 1)

@@ -110,3 +110,43 @@ def path_losses(model, tok, n: int = 64, seed: int = 0, steps: tuple[float, ...]
             row[f"t={t}"] = round(1 - (d_img @ d_txt.T).mean().item(), 4)
         out[d] = row
     return out
+
+
+@torch.no_grad()
+def background_step_losses(model, tok, n: int = 32, seed: int = 0, step: float = 0.1, hues: int = 12) -> dict:
+    """NADA directional loss toward "on a dark background" of small changes of the background colour alone.
+
+    From `solid` renders, the background RGB moves by `step` (Euclidean, [0, 1] units) along: grey darkening,
+    grey lightening, and `hues` luminance-neutral tints. A generator's first steps follow whichever is lowest;
+    unless `darken` is, descent tints the background instead of darkening it (a local minimum: the loss over
+    all background colours is lowest on dark ones for every toy CLIP we built).
+    """
+    import torch.nn.functional as F
+
+    from .captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
+    from .render import hsv_to_rgb, render, sample_params
+
+    dev = next(model.parameters()).device
+    p = sample_params(n, torch.Generator().manual_seed(seed))
+    level = 0.86 + 0.11 * p.bg
+    base = level[:, None].expand(n, 3)
+    src = render(p, "solid", background=base).to(dev)
+    fs = F.normalize(model.encode_image(normalise(src)), dim=-1)
+    ts = F.normalize(model.encode_text(tok([ZERO_SHOT_PROMPTS["solid"][0]]).to(dev)), dim=-1)
+    tt = F.normalize(model.encode_text(tok([TARGET_TEXTS["dark"]]).to(dev)), dim=-1)
+    d_txt = F.normalize(tt - ts, dim=-1)
+
+    def loss(direction: torch.Tensor) -> float:
+        direction = direction / direction.norm()
+        img = render(p, "solid", background=(base + step * direction).clamp(0, 1)).to(dev)
+        d_img = F.normalize(F.normalize(model.encode_image(normalise(img)), dim=-1) - fs, dim=-1)
+        return round(1 - (d_img @ d_txt.T).mean().item(), 4)
+
+    out = {"darken": loss(-torch.ones(3)), "lighten": loss(torch.ones(3))}
+    tints = {}
+    for h in range(hues):
+        c = hsv_to_rgb(torch.tensor([h * 360.0 / hues]), 1.0, 1.0)[0]
+        tints[h * 360 // hues] = loss(c - c.mean())
+    best = min(tints, key=tints.get)
+    out.update(tint_min=tints[best], tint_min_hue=best, tints=tints)
+    return out

@@ -141,8 +141,13 @@ def _cover(sdf: torch.Tensor) -> torch.Tensor:
     return (0.5 - sdf).clamp(0, 1)
 
 
-def render(p: SceneParams, domain: str, res: int = RESOLUTION) -> torch.Tensor:
-    """Render scenes in one style domain: [N, 3, res, res] in [-1, 1]."""
+def render(p: SceneParams, domain: str, res: int = RESOLUTION, background: Optional[torch.Tensor] = None
+           ) -> torch.Tensor:
+    """Render scenes in one style domain: [N, 3, res, res] in [-1, 1].
+
+    background: optional [N, 3] RGB in [0, 1] replacing the domain's grey background (used to teach the toy
+    CLIP that a coloured background is not a style).
+    """
     if domain not in STYLE_DOMAINS:
         raise ValueError(f"unknown toy domain {domain!r}; expected one of {STYLE_DOMAINS}")
     n = len(p)
@@ -156,6 +161,9 @@ def render(p: SceneParams, domain: str, res: int = RESOLUTION) -> torch.Tensor:
     fill = colour.expand(n, 3, res, res)
     if domain == "dark":
         bg = (0.03 + 0.12 * p.bg)[:, None, None, None].expand(n, 3, 1, 1)
+    if background is not None:
+        assert background.shape == (n, 3), background.shape
+        bg = background.to(dev)[:, :, None, None]
     elif domain == "pastel":
         fill = (0.42 * colour + 0.58 * white).expand(n, 3, res, res)
     elif domain == "striped":
