@@ -290,46 +290,31 @@ def main(argv=None) -> dict:
             half = torch.rand(len(images), generator=g) < 0.5
             images[half] = tint(images[half], args.tint, g)
         labels = {k: v[idx] for k, v in bank_labels.items()}
+        interp = torch.zeros(())
         if teacher is not None:
             loss = fare_loss(model, teacher, images, 2 * args.fare_eps / 255, args.fare_steps)
-            interp = torch.zeros(())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            if step % 100 == 0:
-                print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} fare={loss.item():.4f}", flush=True)
-            if time.time() - last_save > 240:
-                ev = evaluate(model, tok, eval_images, eval_labels)
-                info["history"].append({"step": step, "seconds": round(time.time() - t0), "loss": loss.item(), **ev})
-                print(json.dumps(info["history"][-1]), flush=True)
-                info.update(steps=step, seconds=round(time.time() - t0))
-                save(model, Path(args.out), info)
-                last_save = time.time()
-            continue
-        caps = [caption(int(d), int(s), int(c), int(k), rng) for d, s, c, k in
-                zip(labels["domain"], labels["shape"], labels["colour"], labels["degradation"])]
-        if args.bg_tint > 0:
-            extra_images, extra_caps = tinted_background_batch(args.bg_tint_batch, args.bg_tint, g, rng,
-                                                              grey=args.grey_bg)
-            images = torch.cat([images, cheap_augment(extra_images, g, photometric=args.photometric)])
-            caps = caps + extra_caps
-        img_f = model.encode_image(normalise(images))
-        txt_f = model.encode_text(tok(caps))
-        loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)
-        interp = torch.zeros(())
-        if args.interp_weight > 0:
-            interp = interpolation_loss(model, scene_variants(args.interp_batch, g), g, power=args.interp_power,
-                                        from_source=args.interp_from_source)
-            loss = loss + args.interp_weight * interp
+        else:
+            caps = [caption(int(d), int(s), int(c), int(k), rng) for d, s, c, k in
+                    zip(labels["domain"], labels["shape"], labels["colour"], labels["degradation"])]
+            if args.bg_tint > 0:
+                extra_images, extra_caps = tinted_background_batch(args.bg_tint_batch, args.bg_tint, g, rng,
+                                                                  grey=args.grey_bg)
+                images = torch.cat([images, cheap_augment(extra_images, g, photometric=args.photometric)])
+                caps = caps + extra_caps
+            img_f = model.encode_image(normalise(images))
+            txt_f = model.encode_text(tok(caps))
+            loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)
+            if args.interp_weight > 0:
+                interp = interpolation_loss(model, scene_variants(args.interp_batch, g), g,
+                                            power=args.interp_power, from_source=args.interp_from_source)
+                loss = loss + args.interp_weight * interp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.3f} "
+            print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.4f} "
                   f"interp={interp.item():.4f} scale={model.logit_scale.exp().item():.1f}", flush=True)
         if time.time() - last_save > 240:
             ev = evaluate(model, tok, eval_images, eval_labels)
