@@ -35,12 +35,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generators.toy.augment import augment, cheap_augment, tint  # noqa: E402
+from generators.toy.augment import augment, cheap_augment, neutral_chroma, tint  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
 from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_step_losses, build_model,  # noqa: E402
                                        normalise, path_losses, tokenizer, zero_shot_domain)
-from generators.toy.render import (DEGRADATIONS, DOMAINS, STYLE_DOMAINS, degrade, hsv_to_rgb,  # noqa: E402
-                                   render, render_dataset, sample_params)
+from generators.toy.render import (DEGRADATIONS, DOMAINS, STYLE_DOMAINS, degrade, render,  # noqa: E402
+                                   render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
 
 
@@ -141,9 +141,7 @@ def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: rand
     p = sample_params(n, g)
     dom = torch.randint(0, len(STYLE_DOMAINS), (n,), generator=g)
     u = torch.rand(n, 2, generator=g)
-    chroma = hsv_to_rgb(u[:, 0] * 360, 1.0, 1.0)
-    chroma = chroma - chroma.mean(1, keepdim=True)
-    chroma = chroma / chroma.abs().amax(1, keepdim=True)
+    chroma = neutral_chroma(u[:, 0] * 360)
     dark = dom == STYLE_DOMAINS.index("dark")
     level = torch.where(dark, 0.03 + 0.12 * p.bg, 0.86 + 0.11 * p.bg)
     # A share `grey` of the scenes become solid shapes on a mid-lightness background, captioned by its bin,

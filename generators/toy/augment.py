@@ -68,6 +68,15 @@ def cheap_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None, 
     return out.clamp(-1, 1)
 
 
+def neutral_chroma(hue: torch.Tensor) -> torch.Tensor:
+    """[N] hue degrees -> [N, 3] RGB offsets of zero channel mean (luminance-neutral), max |channel| = 1."""
+    from .render import hsv_to_rgb
+
+    chroma = hsv_to_rgb(hue, 1.0, 1.0)
+    chroma = chroma - chroma.mean(1, keepdim=True)
+    return chroma / chroma.abs().amax(1, keepdim=True)
+
+
 def tint(x: torch.Tensor, amount: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """A random colour cast of luminance-neutral chroma, up to `amount` per channel ([0, 1] units), per image.
 
@@ -76,9 +85,5 @@ def tint(x: torch.Tensor, amount: float, generator: Optional[torch.Generator] = 
     """
     n = x.shape[0]
     u = torch.rand(n, 2, generator=generator).to(x.device)
-    from .render import hsv_to_rgb
-
-    chroma = hsv_to_rgb(u[:, 0] * 360, 1.0, 1.0)
-    chroma = chroma - chroma.mean(1, keepdim=True)
-    chroma = chroma / chroma.abs().amax(1, keepdim=True)                  # max |channel| = 1
+    chroma = neutral_chroma(u[:, 0] * 360)
     return (x + 2 * amount * u[:, 1:2, None, None] * chroma[:, :, None, None]).clamp(-1, 1)

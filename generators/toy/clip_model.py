@@ -123,8 +123,9 @@ def background_step_losses(model, tok, n: int = 32, seed: int = 0, step: float =
     """
     import torch.nn.functional as F
 
+    from .augment import neutral_chroma
     from .captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
-    from .render import hsv_to_rgb, render, sample_params
+    from .render import render, sample_params
 
     dev = next(model.parameters()).device
     p = sample_params(n, torch.Generator().manual_seed(seed))
@@ -145,8 +146,7 @@ def background_step_losses(model, tok, n: int = 32, seed: int = 0, step: float =
     out = {"darken": loss(-torch.ones(3)), "lighten": loss(torch.ones(3))}
     tints = {}
     for h in range(hues):
-        c = hsv_to_rgb(torch.tensor([h * 360.0 / hues]), 1.0, 1.0)[0]
-        tints[h * 360 // hues] = loss(c - c.mean())
+        tints[h * 360 // hues] = loss(neutral_chroma(torch.tensor([h * 360.0 / hues]))[0])
     best = min(tints, key=tints.get)
     out.update(tint_min=tints[best], tint_min_hue=best, tints=tints)
     return out
