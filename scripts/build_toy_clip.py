@@ -39,8 +39,8 @@ from generators.toy.augment import augment, cheap_augment, neutral_chroma, tint 
 from generators.toy.captions import caption  # noqa: E402
 from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_step_losses, build_model,  # noqa: E402
                                        normalise, path_losses, tokenizer, zero_shot_domain)
-from generators.toy.render import (DEGRADATIONS, DOMAINS, STYLE_DOMAINS, degrade, render,  # noqa: E402
-                                   render_dataset, sample_params)
+from generators.toy.render import (DEGRADATIONS, DOMAINS, RESOLUTION, STYLE_DOMAINS,  # noqa: E402
+                                   background_lightness, degrade, render, render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
 
 
@@ -143,7 +143,7 @@ def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: rand
     u = torch.rand(n, 2, generator=g)
     chroma = neutral_chroma(u[:, 0] * 360)
     dark = dom == STYLE_DOMAINS.index("dark")
-    level = torch.where(dark, 0.03 + 0.12 * p.bg, 0.86 + 0.11 * p.bg)
+    level = torch.where(dark, background_lightness(p, "dark"), background_lightness(p, "solid"))
     # A share `grey` of the scenes become solid shapes on a mid-lightness background, captioned by its bin,
     # so that lightness between the two domains' ranges is ordered rather than unseen.
     is_grey = torch.rand(n, generator=g) < grey
@@ -151,7 +151,7 @@ def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: rand
     level = torch.where(is_grey, 0.15 + 0.71 * torch.rand(n, generator=g), level)
     amp = amount * u[:, 1] * torch.where(dark, 0.5, 1.0)
     background = (level[:, None] + amp[:, None] * chroma).clamp(0, 1)
-    images = torch.empty(n, 3, 64, 64)
+    images = torch.empty(n, 3, RESOLUTION, RESOLUTION)
     for i, d in enumerate(STYLE_DOMAINS):
         idx = (dom == i).nonzero()[:, 0]
         if len(idx):
@@ -218,6 +218,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--init", default=None, help="continue from these clip.safetensors weights")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
     args = ap.parse_args(argv)
+    for name in ("tint", "bg_tint", "fare_eps"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {getattr(args, name)}")
+    if not 0 <= args.grey_bg <= 1:
+        ap.error(f"--grey-bg is a share in [0, 1], got {args.grey_bg}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)

@@ -168,6 +168,9 @@ def test_render_background_override():
     assert torch.allclose(corner, colour, atol=1e-6)
     inside = (plain - coloured).abs().amax(1) < 1e-6
     assert inside.float().mean(dim=(1, 2)).min() > 0.02          # the shape's pixels did not change
+    # the domain's own style is kept: a pastel shape stays pastel on the given background
+    assert torch.allclose((render(p, "pastel", background=colour)[:, :, 0, 0] + 1) / 2, colour, atol=1e-6)
+    assert not torch.allclose(render(p, "pastel", background=colour), coloured)
     with pytest.raises(AssertionError):
         render(p, "solid", background=colour[:2])
 

@@ -125,12 +125,11 @@ def background_step_losses(model, tok, n: int = 32, seed: int = 0, step: float =
 
     from .augment import neutral_chroma
     from .captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
-    from .render import render, sample_params
+    from .render import background_lightness, render, sample_params
 
     dev = next(model.parameters()).device
     p = sample_params(n, torch.Generator().manual_seed(seed))
-    level = 0.86 + 0.11 * p.bg
-    base = level[:, None].expand(n, 3)
+    base = background_lightness(p, "solid")[:, None].expand(n, 3)
     src = render(p, "solid", background=base).to(dev)
     fs = F.normalize(model.encode_image(normalise(src)), dim=-1)
     ts = F.normalize(model.encode_text(tok([ZERO_SHOT_PROMPTS["solid"][0]]).to(dev)), dim=-1)

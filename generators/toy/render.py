@@ -141,6 +141,11 @@ def _cover(sdf: torch.Tensor) -> torch.Tensor:
     return (0.5 - sdf).clamp(0, 1)
 
 
+def background_lightness(p: SceneParams, domain: str) -> torch.Tensor:
+    """[N] grey level in [0, 1] of each scene's background in a domain (dark: 0.03-0.15, else 0.86-0.97)."""
+    return 0.03 + 0.12 * p.bg if domain == "dark" else 0.86 + 0.11 * p.bg
+
+
 def render(p: SceneParams, domain: str, res: int = RESOLUTION, background: Optional[torch.Tensor] = None
            ) -> torch.Tensor:
     """Render scenes in one style domain: [N, 3, res, res] in [-1, 1].
@@ -154,17 +159,14 @@ def render(p: SceneParams, domain: str, res: int = RESOLUTION, background: Optio
     dev = p.hue.device
     sdf = shape_sdf(p, res)
     inside = _cover(sdf)[:, None]                     # [N, 1, H, W]
-    light_bg = (0.86 + 0.11 * p.bg)[:, None, None, None].expand(n, 3, 1, 1)
     colour = hsv_to_rgb(p.hue, 0.85, 0.92)[:, :, None, None]
     white = torch.full_like(colour, 0.97)
-    bg = light_bg
+    bg = background_lightness(p, domain)[:, None, None, None].expand(n, 3, 1, 1)
     fill = colour.expand(n, 3, res, res)
-    if domain == "dark":
-        bg = (0.03 + 0.12 * p.bg)[:, None, None, None].expand(n, 3, 1, 1)
     if background is not None:
         assert background.shape == (n, 3), background.shape
         bg = background.to(dev)[:, :, None, None]
-    elif domain == "pastel":
+    if domain == "pastel":
         fill = (0.42 * colour + 0.58 * white).expand(n, 3, res, res)
     elif domain == "striped":
         x, y = _coords(n, res, dev)
