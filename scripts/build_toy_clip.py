@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.toy.augment import augment, cheap_augment, neutral_chroma, tint  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
-from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_step_losses, build_model,  # noqa: E402
-                                       normalise, path_losses, tokenizer, zero_shot_domain)
+from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_descent, background_step_losses,  # noqa: E402
+                                       build_model, normalise, path_losses, tokenizer, zero_shot_domain)
 from generators.toy.render import (DEGRADATIONS, DOMAINS, RESOLUTION, STYLE_DOMAINS,  # noqa: E402
                                    background_lightness, degrade, render, render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
@@ -57,13 +57,24 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
     return 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean())
 
 
-def scene_variants(n: int, g: torch.Generator) -> torch.Tensor:
-    """n scenes, each rendered in every style domain and once degraded: [n, V, 3, H, W], V = 7."""
+INTERP_VARIANTS = (*STYLE_DOMAINS, "degraded")
+
+
+def scene_variants(n: int, g: torch.Generator, variants: tuple[str, ...] = INTERP_VARIANTS) -> torch.Tensor:
+    """n scenes, each rendered in `variants` (style domains, "degraded": the solid render degraded).
+
+    Returns [n, V, 3, H, W]; variant 0 is `solid`, the source domain.
+    """
+    assert variants and variants[0] == "solid", variants
     p = sample_params(n, g)
-    styles = [render(p, d) for d in STYLE_DOMAINS]
-    kind = torch.randint(0, len(DEGRADATIONS), (n,), generator=g)
-    styles.append(degrade(styles[0], kind, g))
-    return torch.stack(styles, dim=1)
+    out = []
+    for v in variants:
+        if v == "degraded":
+            kind = torch.randint(0, len(DEGRADATIONS), (n,), generator=g)
+            out.append(degrade(render(p, "solid"), kind, g))
+        else:
+            out.append(render(p, v))
+    return torch.stack(out, dim=1)
 
 
 def interpolation_loss(model, variants: torch.Tensor, g: torch.Generator, t_min: float = 0.02,
@@ -90,6 +101,37 @@ def interpolation_loss(model, variants: torch.Tensor, g: torch.Generator, t_min:
     blend = (1 - t)[:, :, None, None] * img_a + t[:, :, None, None] * img_b
     e = F.normalize(model.encode_image(normalise(blend)), dim=-1)
     return ((1 - (e * target).sum(-1)) / t[:, 0] ** power).mean()
+
+
+def alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: random.Random,
+                   t_min: float = 0.1) -> torch.Tensor:
+    """mean (cos(dI_X, dT_Y) - [X == Y])^2: the change from `solid` toward X points along the text change to Y
+    exactly when X is Y, and is orthogonal to every other domain's text change (and to all of them for a
+    degraded image).
+
+    variants: [n, 7, 3, H, W] from `scene_variants` (solid, the five style domains, degraded). dI_X is the
+    normalised embedding change from the solid render to its blend (1-t) solid + t X, t uniform in [t_min, 1];
+    dT_Y the normalised change of text embedding from a `solid` prompt to a prompt of Y. Contrastive training
+    alone places the domains at the corners of a simplex, where moving toward *any* other domain (or a tint,
+    read as a colour-cast degradation) scores cos 0.5 against the target's direction; that floor is the
+    local minimum stage 2 falls into. Here, the source domain is the origin of independent style directions.
+    """
+    from generators.toy.captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
+
+    n, v = variants.shape[:2]
+    assert v == len(STYLE_DOMAINS) + 1, tuple(variants.shape)
+    t = t_min + (1 - t_min) * torch.rand(n, 1, 1, 1, 1, generator=g)
+    blends = variants[:, :1] + t * (variants[:, 1:] - variants[:, :1])                 # [n, v-1, 3, H, W]
+    e0 = F.normalize(model.encode_image(normalise(variants[:, 0])), dim=-1)
+    e = F.normalize(model.encode_image(normalise(blends.flatten(0, 1))), dim=-1).view(n, v - 1, -1)
+    d_img = F.normalize(e - e0[:, None], dim=-1)
+    prompts = [rng.choice(ZERO_SHOT_PROMPTS[d] + [TARGET_TEXTS.get(d, ZERO_SHOT_PROMPTS[d][0])])
+               for d in STYLE_DOMAINS]
+    txt = F.normalize(model.encode_text(tok(prompts)), dim=-1)
+    d_txt = F.normalize(txt[1:] - txt[:1], dim=-1)                                      # [5, D]
+    cos = d_img @ d_txt.T                                                               # [n, v-1, 5]
+    target = torch.eye(v - 1, len(STYLE_DOMAINS) - 1)                                  # degraded row: zeros
+    return (cos - target).pow(2).mean()
 
 
 def fare_loss(model, teacher, images: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
@@ -120,18 +162,26 @@ GREY_PHRASES = {  # background lightness bins between the light (solid) and the 
 }
 
 
-def grey_caption(level: float, shape: int, colour: int, rng: random.Random) -> str:
-    """Caption of a solid scene on a background of lightness level in (0.15, 0.86), by bin."""
+def grey_caption(level: float, shape: int, colour: int, rng: random.Random, soft: bool = False) -> str:
+    """Caption of a solid scene on a background of lightness level in (0.15, 0.86).
+
+    By bin ("on a grey background"...), or with soft=True one of the two domains' own captions, `dark` with
+    probability growing linearly from 0 at the light range (0.86) to 1 at the dark range (0.15): its embedding
+    is then pulled to a point between the two domains that moves steadily with the lightness.
+    """
     from generators.toy.captions import WRAPPERS
     from generators.toy.render import COLOURS, SHAPES
 
+    if soft:
+        domain = "dark" if rng.random() < (0.86 - level) / (0.86 - 0.15) else "solid"
+        return caption(DOMAINS.index(domain), shape, colour, -1, rng)
     name = "dark grey" if level < 0.4 else "grey" if level < 0.7 else "light grey"
     text = rng.choice(GREY_PHRASES[name]).format(c=COLOURS[colour], s=SHAPES[shape])
     return rng.choice(WRAPPERS).format(text)
 
 
-def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: random.Random, grey: float = 0.0
-                            ) -> tuple[torch.Tensor, list[str]]:
+def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: random.Random, grey: float = 0.0,
+                            soft_grey: bool = False) -> tuple[torch.Tensor, list[str]]:
     """n renders of random style domains on a coloured background of the domain's lightness, with captions.
 
     The colour is a luminance-neutral chroma of amplitude up to `amount` (half that on dark backgrounds), so a
@@ -156,7 +206,7 @@ def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: rand
         idx = (dom == i).nonzero()[:, 0]
         if len(idx):
             images[idx] = render(p.index(idx), d, background=background[idx])
-    caps = [grey_caption(float(lv), int(s), int(c), rng) if gr else
+    caps = [grey_caption(float(lv), int(s), int(c), rng, soft_grey) if gr else
             caption(DOMAINS.index(STYLE_DOMAINS[int(d)]), int(s), int(c), -1, rng)
             for d, s, c, gr, lv in zip(dom, p.shape, p.colour, is_grey, level)]
     return images, caps
@@ -170,11 +220,12 @@ def evaluate(model, tok, images, labels) -> dict:
     paths = path_losses(model, tok)
     steps = background_step_losses(model, tok)
     steps.pop("tints")
+    descent = background_descent(model, tok)
     model.train()
     acc = (pred == labels["domain"]).float()
     per = {d: round(acc[labels["domain"] == i].mean().item(), 4) for i, d in enumerate(DOMAINS)}
     return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per, "path_losses": paths,
-            "background_steps": steps}
+            "background_steps": steps, "background_descent": descent}
 
 
 def save(model, out: Path, info: dict) -> None:
@@ -200,6 +251,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--interp-from-source", type=float, default=0.5,
                     help="share of interpolation pairs that start at the source domain (solid)")
     ap.add_argument("--interp-batch", type=int, default=24, help="scenes per step for the interpolation loss")
+    ap.add_argument("--interp-domains", default=",".join(INTERP_VARIANTS),
+                    help="comma-separated variants the interpolation loss blends between (solid is always in)")
+    ap.add_argument("--align-weight", type=float, default=0.0,
+                    help="weight of the directional alignment loss (0: off)")
+    ap.add_argument("--align-batch", type=int, default=12, help="scenes per step for the alignment loss")
     ap.add_argument("--photometric", type=float, default=1.0,
                     help="scale of the brightness/contrast jitter (0: none; it teaches invariance to darkening)")
     ap.add_argument("--tint", type=float, default=0.0,
@@ -209,6 +265,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--bg-tint-batch", type=int, default=16, help="coloured-background renders per step")
     ap.add_argument("--grey-bg", type=float, default=0.0,
                     help="share of those renders on a mid-grey background, captioned by lightness (0: none)")
+    ap.add_argument("--soft-grey", action="store_true",
+                    help="caption the mid-grey backgrounds as solid or dark, dark with probability rising with darkness")
     ap.add_argument("--fare-eps", type=float, default=0.0,
                     help="FARE robust fine-tune of --init's image tower at this L-inf radius in 8-bit levels (0: off)")
     ap.add_argument("--fare-steps", type=int, default=5, help="PGD steps per FARE batch")
@@ -221,6 +279,12 @@ def main(argv=None) -> dict:
     for name in ("tint", "bg_tint", "fare_eps"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {getattr(args, name)}")
+    interp_variants = ("solid", *dict.fromkeys(v.strip() for v in args.interp_domains.split(",")
+                                               if v.strip() and v.strip() != "solid"))
+    unknown = [v for v in interp_variants if v not in INTERP_VARIANTS]
+    if unknown or len(interp_variants) < 2:
+        ap.error(f"--interp-domains: expected at least one of {', '.join(INTERP_VARIANTS[1:])}, "
+                 f"got {args.interp_domains!r}")
     if not 0 <= args.grey_bg <= 1:
         ap.error(f"--grey-bg is a share in [0, 1], got {args.grey_bg}")
     torch.set_num_threads(args.threads)
@@ -272,7 +336,10 @@ def main(argv=None) -> dict:
     info = {"init": args.init, "seed": args.seed, "batch": args.batch, "bank": args.bank, "lr": args.lr,
             "interp_weight": args.interp_weight, "interp_batch": args.interp_batch,
             "interp_power": args.interp_power, "interp_from_source": args.interp_from_source,
+            "interp_domains": list(interp_variants), "align_weight": args.align_weight,
+            "align_batch": args.align_batch,
             "photometric": args.photometric, "tint": args.tint, "bg_tint": args.bg_tint, "grey_bg": args.grey_bg,
+            "soft_grey": args.soft_grey,
             "bg_tint_batch": args.bg_tint_batch,
             "fare_eps": args.fare_eps, "fare_steps": args.fare_steps,
             "config": TOY_CLIP_CONFIG, "history": []}
@@ -293,7 +360,7 @@ def main(argv=None) -> dict:
             half = torch.rand(len(images), generator=g) < 0.5
             images[half] = tint(images[half], args.tint, g)
         labels = {k: v[idx] for k, v in bank_labels.items()}
-        interp = torch.zeros(())
+        interp = align = torch.zeros(())
         if teacher is not None:
             loss = fare_loss(model, teacher, images, 2 * args.fare_eps / 255, args.fare_steps)
         else:
@@ -301,16 +368,19 @@ def main(argv=None) -> dict:
                     zip(labels["domain"], labels["shape"], labels["colour"], labels["degradation"])]
             if args.bg_tint > 0:
                 extra_images, extra_caps = tinted_background_batch(args.bg_tint_batch, args.bg_tint, g, rng,
-                                                                  grey=args.grey_bg)
+                                                                  grey=args.grey_bg, soft_grey=args.soft_grey)
                 images = torch.cat([images, cheap_augment(extra_images, g, photometric=args.photometric)])
                 caps = caps + extra_caps
             img_f = model.encode_image(normalise(images))
             txt_f = model.encode_text(tok(caps))
             loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)
             if args.interp_weight > 0:
-                interp = interpolation_loss(model, scene_variants(args.interp_batch, g), g,
+                interp = interpolation_loss(model, scene_variants(args.interp_batch, g, interp_variants), g,
                                             power=args.interp_power, from_source=args.interp_from_source)
                 loss = loss + args.interp_weight * interp
+            if args.align_weight > 0:
+                align = alignment_loss(model, tok, scene_variants(args.align_batch, g), g, rng)
+                loss = loss + args.align_weight * align
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -318,7 +388,8 @@ def main(argv=None) -> dict:
         step += 1
         if step % 100 == 0:
             print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.4f} "
-                  f"interp={interp.item():.4f} scale={model.logit_scale.exp().item():.1f}", flush=True)
+                  f"interp={interp.item():.4f} align={align.item():.4f} "
+                  f"scale={model.logit_scale.exp().item():.1f}", flush=True)
         if time.time() - last_save > 240:
             ev = evaluate(model, tok, eval_images, eval_labels)
             info["history"].append({"step": step, "seconds": round(time.time() - t0), "loss": loss.item(), **ev})

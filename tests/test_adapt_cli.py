@@ -91,6 +91,9 @@ def test_whole_command_writes_a_trustworthy_run(world, tmp_path):
             changed.append(name)
     assert changed, "nothing was adapted"
     assert torch.equal(ada.synthesis.b4.const, src.synthesis.b4.const)
+    for block_a, block_s in zip(ada.synthesis.blocks(), src.synthesis.blocks()):  # ToRGB frozen, as NADA/IPL
+        for p_a, p_s in zip(block_a.torgb.parameters(), block_s.torgb.parameters()):
+            assert torch.equal(p_a, p_s), f"b{block_a.resolution}.torgb changed"
 
     # The source row of the final grid is exactly the source generator's output at the saved latents.
     from ipl.images import make_grid

@@ -176,6 +176,12 @@ def test_adapter_contract():
     trainable = {id(p) for p in A.trainable_parameters()}
     assert id(G.synthesis.b4.const) not in trainable
     assert not trainable & {id(p) for p in G.mapping.parameters()}
+    torgb = {id(p) for b in G.synthesis.blocks() for p in b.torgb.parameters()}
+    assert torgb and not trainable & torgb, "ToRGB layers must stay frozen by default (as NADA and IPL)"
+    convs = {id(p) for layer in G.synthesis.conv_layers() for p in layer.parameters()}
+    assert convs <= trainable
+    with_rgb = {id(p) for p in StyleGAN2Adapter(G, train_torgb=True).trainable_parameters()}
+    assert with_rgb == trainable | torgb
     assert [id(p) for p in A.layer_parameters(2)] == [id(p) for p in G.layer_groups()[2]]
     B = A.copy()
     assert B.G is not A.G and torch.equal(B.G.synthesis.b4.const, A.G.synthesis.b4.const)

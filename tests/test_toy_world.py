@@ -1,5 +1,6 @@
 """The toy world's renderer and captions: deterministic, every domain distinct, labels consistent."""
 import itertools
+import random
 
 import pytest
 import torch
@@ -99,10 +100,8 @@ def test_captions_and_target_texts():
         domain_from_text("a werewolf")
 
 
-def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
-    # The robust fine-tune's inner maximisation: with the student equal to the teacher and eps = 0 the loss is
-    # exactly 0; PGD finds perturbations worse than random ones in the same ball, and a larger ball is worse.
-    import copy
+def _build_script():
+    """scripts/build_toy_clip.py as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -110,6 +109,15 @@ def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
     spec = importlib.util.spec_from_file_location("build_toy_clip", path)
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
+    return build
+
+
+def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
+    # The robust fine-tune's inner maximisation: with the student equal to the teacher and eps = 0 the loss is
+    # exactly 0; PGD finds perturbations worse than random ones in the same ball, and a larger ball is worse.
+    import copy
+
+    build = _build_script()
     from generators.toy.clip_model import build_model, normalise
 
     torch.manual_seed(0)
@@ -128,16 +136,11 @@ def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
     assert build.fare_loss(model, teacher, images, eps=2 * eps, steps=5).item() > pgd.item()
 
 
-def test_background_step_losses_known_answers():
-    # A stand-in CLIP whose image embedding is (100, -mean lightness, red - lightness, green - lightness) and whose
-    # text change from the source text to "on a dark background" is +1 on the second axis: darkening must
-    # score 0, lightening 2 and every luminance-neutral tint 1 (orthogonal).
+def _stand_in_clip(dark_axis: int):
+    """A stand-in CLIP with embedding (100, -lightness, red - lightness, green - lightness) of the mean colour,
+    whose text change from the source text to "on a dark background" is +1 on `dark_axis`, 0 elsewhere."""
     from generators.toy.captions import TARGET_TEXTS
-    from generators.toy.clip_model import MEAN, STD, background_step_losses
-
-    class Texts(list):
-        def to(self, device):
-            return self
+    from generators.toy.clip_model import MEAN, STD
 
     class StandIn(torch.nn.Module):
         def __init__(self):
@@ -147,16 +150,46 @@ def test_background_step_losses_known_answers():
         def encode_image(self, x):
             rgb = (x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).mean((2, 3))
             light = rgb.mean(1, keepdim=True)
-            # a large constant first axis makes the unit normalisation nearly a uniform scale
             return torch.cat([100 * torch.ones_like(light), -light, rgb[:, :2] - light], 1)
 
         def encode_text(self, texts):
-            return torch.tensor([[100.0, 1.0 if t == TARGET_TEXTS["dark"] else -1.0, 0.0, 0.0] for t in texts])
+            out = torch.zeros(len(texts), 4)
+            out[:, 0] = 100.0
+            out[:, dark_axis] = torch.tensor([1.0 if t == TARGET_TEXTS["dark"] else -1.0 for t in texts])
+            return out
 
+    class Texts(list):
+        def to(self, device):
+            return self
+
+    return StandIn(), Texts
+
+
+def test_background_step_losses_known_answers():
+    # With the stand-in CLIP (text change = darker), darkening must score 0, lightening 2 and every luminance-neutral tint 1
+    # (orthogonal).
+    from generators.toy.clip_model import background_step_losses
+
+    model, texts = _stand_in_clip(dark_axis=1)
     # step 0.02 keeps every moved background inside [0, 1] (no clamping, so tints stay luminance-neutral)
-    out = background_step_losses(StandIn(), Texts, n=4, hues=6, step=0.02)
+    out = background_step_losses(model, texts, n=4, hues=6, step=0.02)
     assert abs(out["darken"]) < 1e-3 and abs(out["lighten"] - 2) < 1e-3, out
     assert all(abs(v - 1) < 1e-3 for v in out["tints"].values()), out["tints"]
+
+
+def test_background_descent_known_answers():
+    # Where the text change is "darker", descent on the background colour darkens it without tinting it; where
+    # the text change is "redder", it tints it red at about the same lightness.
+    from generators.toy.clip_model import background_descent
+
+    model, texts = _stand_in_clip(dark_axis=1)
+    # from 0.86-0.97 by at most 0.01 a step; the stand-in's unit-normalised changes are ~100x smaller than a
+    # CLIP's (its constant first axis), so its linear zone is too (min_delta 1e-3 rather than 0.05)
+    out = background_descent(model, texts, n=4, steps=40, lr=0.01, min_delta=1e-3)
+    assert 0.3 < out["lightness"] < 0.7 and out["chroma"] < 0.02 and out["loss"] < 0.01, out
+    model, texts = _stand_in_clip(dark_axis=2)
+    out = background_descent(model, texts, n=4, steps=40, lr=0.01, min_delta=1e-3)
+    assert out["chroma"] > 0.2 and 0.8 < out["lightness"] < 1.0 and out["loss"] < 0.1, out
 
 
 def test_render_background_override():
@@ -184,3 +217,65 @@ def test_tint_is_a_luminance_neutral_colour_cast():
     assert torch.allclose(shift.mean(1), torch.zeros(64, 8, 8), atol=1e-6)
     assert shift.abs().max() <= 0.1 + 1e-6 and shift.abs().amax((1, 2, 3)).max() > 0.08
     assert (shift.std((2, 3)) < 1e-6).all()                        # one cast per image
+
+
+def test_soft_grey_captions_follow_lightness():
+    # A mid-grey background is captioned `dark` with probability (0.86 - level) / 0.71: never at the light
+    # range, always at the dark range, about half way between.
+    import random
+
+    build = _build_script()
+    rng = random.Random(0)
+
+    def dark_share(level: float, n: int = 400) -> float:
+        caps = [build.grey_caption(level, 0, 0, rng, soft=True) for _ in range(n)]
+        return sum(any(w in c for w in ("dark", "black", "night")) for c in caps) / n
+
+    assert dark_share(0.86) == 0.0 and dark_share(0.15) == 1.0
+    assert 0.4 < dark_share(0.505) < 0.6
+    assert "grey" in build.grey_caption(0.5, 0, 0, rng)          # the binned captions stay the default
+
+
+def test_alignment_loss_falls_and_is_bounded():
+    # The directional alignment loss is a mean of squared cosine errors (in [0, 4]) and a few optimiser steps
+    # on the toy CLIP architecture lower it on a fixed batch.
+    build = _build_script()
+    from generators.toy.clip_model import build_model, tokenizer
+
+    torch.manual_seed(0)
+    model, tok = build_model(), tokenizer()
+    variants = build.scene_variants(3, torch.Generator().manual_seed(5))
+    assert variants.shape[:2] == (3, 7)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss = build.alignment_loss(model, tok, variants, torch.Generator().manual_seed(1), random.Random(2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(0.0 <= v <= 4.0 for v in losses)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_oracle_reads_background_darkness_only():
+    # The stage-2 diagnostic's stand-in for CLIP: a darker background is exactly the "dark" text direction, a
+    # change of the shape alone is invisible to it.
+    import importlib.util
+    from pathlib import Path
+
+    from ipl.losses import directional_loss
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "toy_oracle_adapt.py"
+    spec = importlib.util.spec_from_file_location("toy_oracle_adapt", path)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    p = sample_params(4, torch.Generator().manual_seed(2))
+    light = render(p, "solid", background=torch.full((4, 3), 0.9))
+    darker = render(p, "solid", background=torch.full((4, 3), 0.7))
+    texts = oracle.oracle_text_features(["a solid shape", "on a dark background"])
+    loss = directional_loss(oracle.oracle_image_features(light), oracle.oracle_image_features(darker),
+                            texts[:1], texts[1:])
+    assert loss.item() < 0.01
+    same_frame = oracle.oracle_image_features(render(p, "pastel", background=torch.full((4, 3), 0.9)))
+    assert torch.allclose(same_frame, oracle.oracle_image_features(light), atol=1e-6)

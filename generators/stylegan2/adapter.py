@@ -17,10 +17,12 @@ class StyleGAN2Adapter(AdaptableGenerator):
         self,
         G: Generator,               # the wrapped StyleGAN2 generator (owned by this adapter)
         noise_mode: str = "const",  # noise used by render(): 'const' keeps renders deterministic
+        train_torgb: bool = False,  # let stage 2 train the ToRGB layers (NADA/IPL never do; see below)
     ) -> None:
         super().__init__()
         self.G = G
         self.noise_mode = noise_mode
+        self.train_torgb = train_torgb
         self.code_dim = G.w_dim
         self.resolution = G.img_resolution
 
@@ -60,9 +62,13 @@ class StyleGAN2Adapter(AdaptableGenerator):
         return self.G.layer_groups()[index]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """All synthesis parameters except the constant input."""
-        const = self.G.synthesis.b4.const
-        return [p for p in self.G.synthesis.parameters() if p is not const]
+        """The synthesis convolutions (with their affines): not the constant input, nor ToRGB unless asked."""
+        # The NADA and IPL reference trainers adapt "everything except mapping and ToRGB": the layer groups
+        # still list ToRGB parameters (their affines read the W+ rows), but they stay as in the source.
+        frozen = {id(self.G.synthesis.b4.const)}
+        if not self.train_torgb:
+            frozen |= {id(p) for block in self.G.synthesis.blocks() for p in block.torgb.parameters()}
+        return [p for p in self.G.synthesis.parameters() if id(p) not in frozen]
 
     def save(self, path: str, metadata: Optional[dict[str, Any]] = None) -> None:
         from generators.stylegan2.checkpoints import save

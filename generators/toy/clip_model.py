@@ -149,3 +149,51 @@ def background_step_losses(model, tok, n: int = 32, seed: int = 0, step: float =
     best = min(tints, key=tints.get)
     out.update(tint_min=tints[best], tint_min_hue=best, tints=tints)
     return out
+
+
+def background_descent(model, tok, n: int = 16, seed: int = 0, steps: int = 150, lr: float = 0.01,
+                       min_delta: float = 0.05) -> dict:
+    """Where descent on the background colour alone leads under the NADA directional loss toward "dark".
+
+    From `solid` renders, each image's background RGB is a free parameter (the simplest freedom a generator
+    has) moved by Adam on 1 - cos(dI, dT), dI = E(image) - E(source), dT = E("on a dark background") -
+    E("a solid shape"). Returns the final mean background lightness and chroma and the loss. A CLIP that can
+    guide the `dark` adaptation takes the lightness far below the source's 0.86-0.97 with little chroma; one
+    with a tint basin stops at a light, tinted background (`background_step_losses` shows the first step only).
+    min_delta: the image-change length below which the loss is linear (`ipl.losses.safe_direction`); 0.05
+    rather than the trainer's 1e-3 keeps the first step's gradient from dwarfing the later ones in Adam.
+    """
+    import torch.nn.functional as F
+
+    from ipl.losses import directional_loss
+
+    from .captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
+    from .render import background_lightness, render, sample_params
+
+    dev = next(model.parameters()).device
+    p = sample_params(n, torch.Generator().manual_seed(seed))
+    # Renders are linear in the background colour: image = r0 + (r1 - r0) * rgb, unclamped so the gradient
+    # never vanishes at the [0, 1] boundary.
+    r0 = render(p, "solid", background=torch.zeros(n, 3)).to(dev)
+    r1 = render(p, "solid", background=torch.ones(n, 3)).to(dev)
+    rgb = background_lightness(p, "solid")[:, None].expand(n, 3).clone().to(dev)
+    with torch.no_grad():
+        fs = model.encode_image(normalise(r0 + (r1 - r0) * rgb[:, :, None, None]))
+        ts = model.encode_text(tok([ZERO_SHOT_PROMPTS["solid"][0]]).to(dev))
+        tt = model.encode_text(tok([TARGET_TEXTS["dark"]]).to(dev))
+    rgb.requires_grad_(True)
+    opt = torch.optim.Adam([rgb], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            ft = model.encode_image(normalise(r0 + (r1 - r0) * rgb[:, :, None, None]))
+            loss = directional_loss(fs, ft, ts, tt, min_image_delta=min_delta)
+            (rgb.grad,) = torch.autograd.grad(loss, [rgb])  # not into the model's weights (it may be training)
+            opt.step()
+    with torch.no_grad():
+        ft = model.encode_image(normalise(r0 + (r1 - r0) * rgb[:, :, None, None]))
+        final = directional_loss(fs, ft, ts, tt, min_image_delta=1e-6).item()  # the plain cosine
+        c = rgb.detach().clamp(0, 1)
+        lightness = c.mean(1)
+        chroma = (c - lightness[:, None]).norm(dim=1)
+    return {"lightness": round(lightness.mean().item(), 4), "chroma": round(chroma.mean().item(), 4),
+            "loss": round(final, 4)}
