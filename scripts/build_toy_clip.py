@@ -2,7 +2,8 @@
 
 python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank-cache FILE]
                                  [--init clip.safetensors] [--photometric 1] [--tint 0] [--bg-tint 0]
-                                 [--grey-bg 0] [--fare-eps 0] [--out assets/toy]
+                                 [--grey-bg 0 [--soft-grey]] [--interp-domains LIST] [--align-weight 0]
+                                 [--fare-eps 0] [--out assets/toy]
 Writes clip_config.json (open_clip model config), clip.safetensors (state dict) and clip_build.json
 (settings, steps, measured zero-shot accuracies and path losses) into --out, checkpointing every few minutes.
 
@@ -276,7 +277,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--init", default=None, help="continue from these clip.safetensors weights")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
     args = ap.parse_args(argv)
-    for name in ("tint", "bg_tint", "fare_eps"):
+    for name in ("tint", "bg_tint", "fare_eps", "align_weight"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {getattr(args, name)}")
     interp_variants = ("solid", *dict.fromkeys(v.strip() for v in args.interp_domains.split(",")

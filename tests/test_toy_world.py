@@ -100,13 +100,13 @@ def test_captions_and_target_texts():
         domain_from_text("a werewolf")
 
 
-def _build_script():
-    """scripts/build_toy_clip.py as a module."""
+def _script(name: str = "build_toy_clip"):
+    """scripts/NAME.py as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "build_toy_clip.py"
-    spec = importlib.util.spec_from_file_location("build_toy_clip", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     return build
@@ -117,7 +117,7 @@ def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
     # exactly 0; PGD finds perturbations worse than random ones in the same ball, and a larger ball is worse.
     import copy
 
-    build = _build_script()
+    build = _script()
     from generators.toy.clip_model import build_model, normalise
 
     torch.manual_seed(0)
@@ -224,7 +224,7 @@ def test_soft_grey_captions_follow_lightness():
     # range, always at the dark range, about half way between.
     import random
 
-    build = _build_script()
+    build = _script()
     rng = random.Random(0)
 
     def dark_share(level: float, n: int = 400) -> float:
@@ -239,7 +239,7 @@ def test_soft_grey_captions_follow_lightness():
 def test_alignment_loss_falls_and_is_bounded():
     # The directional alignment loss is a mean of squared cosine errors (in [0, 4]) and a few optimiser steps
     # on the toy CLIP architecture lower it on a fixed batch.
-    build = _build_script()
+    build = _script()
     from generators.toy.clip_model import build_model, tokenizer
 
     torch.manual_seed(0)
@@ -261,15 +261,9 @@ def test_alignment_loss_falls_and_is_bounded():
 def test_oracle_reads_background_darkness_only():
     # The stage-2 diagnostic's stand-in for CLIP: a darker background is exactly the "dark" text direction, a
     # change of the shape alone is invisible to it.
-    import importlib.util
-    from pathlib import Path
-
     from ipl.losses import directional_loss
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "toy_oracle_adapt.py"
-    spec = importlib.util.spec_from_file_location("toy_oracle_adapt", path)
-    oracle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(oracle)
+    oracle = _script("toy_oracle_adapt")
     p = sample_params(4, torch.Generator().manual_seed(2))
     light = render(p, "solid", background=torch.full((4, 3), 0.9))
     darker = render(p, "solid", background=torch.full((4, 3), 0.7))
