@@ -50,6 +50,11 @@ class AdaptConfig:
     # Paired random crops/flips of source and adapted images fed to CLIP (0: none, as NADA and IPL).
     # DESIGN section 9: a defence against a weak CLIP being satisfied by washed-out images.
     augment_views: int = 0
+    # Length term (0: off, as NADA and IPL): the directional loss fixes only the direction of each image's
+    # CLIP change; with weight > 0 its projection on the text change must also reach length_ratio x the
+    # text change's length (ipl.losses.length_loss). The ratio is a property of the CLIP model.
+    length_weight: float = 0.0
+    length_ratio: Optional[float] = None    # None: the registry's (toy: measured on the toy CLIP)
     truncation: Optional[float] = None      # None: registry default (1.0 for training)
     diffusion: dict = field(default_factory=dict)  # diffusion sources only: DiffusionConfig overrides
                                             # (t0, inversion_steps, generation_steps, lean, source_images, ...)
@@ -90,6 +95,11 @@ class AdaptConfig:
                 raise IPLError("--batch-prompt must be at least 2 (the contrastive loss needs negatives)")
         if self.augment_views < 0:
             raise IPLError(f"--augment must be >= 0, got {self.augment_views}")
+        if self.length_weight < 0:
+            raise IPLError(f"--length-weight must be >= 0, got {self.length_weight}")
+        if self.length_weight > 0 and not (self.length_ratio or 0) > 0:
+            raise IPLError(f"--length-weight {self.length_weight} needs a positive --length-ratio (the CLIP "
+                           f"model's image/text change-length ratio), got {self.length_ratio}")
         if self.sample_every < 0:
             raise IPLError(f"--sample-every must be >= 0, got {self.sample_every}")
         if not (0.0 <= self.ema_decay < 1.0):

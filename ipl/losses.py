@@ -63,6 +63,30 @@ def directional_loss(src_img: torch.Tensor, tgt_img: torch.Tensor, src_txt: torc
     return (1 - (d_img * d_txt).sum(dim=-1)).mean()
 
 
+def length_loss(src_img: torch.Tensor, tgt_img: torch.Tensor, src_txt: torch.Tensor, tgt_txt: torch.Tensor,
+                ratio: float, eps: float = 1e-8) -> torch.Tensor:
+    """mean_i relu(1 - <dI_i, dT_i / |dT_i|> / (ratio |dT_i|)): the image change must also be long enough.
+
+    The directional loss is blind to the length of dI: an image change too small to see already has the right
+    direction. This hinge asks the projection of dI (unnormalised, as in `directional_loss`) on the text
+    direction to reach `ratio` times the text change's length, and stops pulling once it does. `ratio` is a
+    property of the CLIP model: image embeddings of two domains lie much closer together than their texts
+    (the modality gap), e.g. about 0.09 for the toy CLIP (`generators.toy.clip_model.delta_ratio`).
+    Shapes as in `directional_loss`.
+    """
+    assert ratio > 0, ratio
+    assert src_img.ndim == 2 and src_img.shape == tgt_img.shape, (tuple(src_img.shape), tuple(tgt_img.shape))
+    src_txt = src_txt.reshape(-1, src_img.shape[1])
+    tgt_txt = tgt_txt.reshape(-1, src_img.shape[1])
+    assert src_txt.shape == tgt_txt.shape and src_txt.shape[0] in (1, src_img.shape[0]), \
+        (tuple(src_txt.shape), tuple(tgt_txt.shape), tuple(src_img.shape))
+    d_img = _norm(tgt_img.float(), eps) - _norm(src_img.float(), eps)
+    d_txt = _norm(tgt_txt.float(), eps) - _norm(src_txt.float(), eps)
+    goal = ratio * d_txt.norm(dim=-1).clamp_min(eps)
+    along = (d_img * _norm(d_txt, eps)).sum(dim=-1)
+    return torch.relu(1 - along / goal).mean()
+
+
 def global_clip_loss(image_feats: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
     """mean_i (1 - cos(E_I(x_i), E_T(target))): NADA's global loss, also used for adaptive layer selection."""
     assert image_feats.ndim == 2, tuple(image_feats.shape)

@@ -73,8 +73,10 @@ _ENTRIES = [
                 description="tiny StyleGAN2 of solid shapes on a light background (shipped, offline)",
                 # Two CPU cores: ~3 s per stage-2 step at 64 px, so fewer and cheaper steps than the paper.
                 # The toy defaults were chosen and benchmarked with a probe every step.
+                # length_ratio: the shipped toy CLIP's, for --length-weight (off by default); measured by
+                # generators.toy.clip_model.delta_ratio, recorded in assets/toy/clip_build.json.
                 run_defaults={"iters_prompt": 100, "batch_prompt": 16, "iters": 100, "layer_batch": 4,
-                              "layer_every": 1, "sample_every": 25}),
+                              "layer_every": 1, "sample_every": 25, "length_ratio": 0.089}),
     # stylegan2-ada-pytorch
     _sg2("ffhq", _ADA.format("ffhq"), "nvidia-pkl", 1024, "photo", "FFHQ faces, stylegan2-ada-pytorch"),
     _sg2("metfaces", _ADA.format("metfaces"), "nvidia-pkl", 1024, "painting",

@@ -47,6 +47,8 @@ class Stage2Settings:
     layer_lr: float = 0.01
     layer_every: int = 4               # re-pick the layers every N steps (1: every step, as NADA)
     augment_views: int = 0             # >0: CLIP sees this many paired random crops/flips per image
+    length_weight: float = 0.0         # weight of ipl.losses.length_loss (0: off, as NADA and IPL)
+    length_ratio: float = 0.0          # its image/text change-length ratio (needed when length_weight > 0)
     truncation: float = 1.0
     precision: str = "fp32"
     seed: int = 0
@@ -98,6 +100,9 @@ class Stage2Trainer:
         self.ema = EMA(self.G_t, self.G_ema, s.ema_decay)
         self.opt = torch.optim.Adam(self.params, lr=s.lr, betas=(s.beta1, s.beta2))
         self.autocast = autocast_factory(self.device, s.precision)
+        if s.length_weight > 0 and not s.length_ratio > 0:
+            raise IPLError(f"the length term (weight {s.length_weight}) needs a positive length ratio, got "
+                           f"{s.length_ratio}: pass --length-ratio (about 0.09 for the toy CLIP)")
         use_scaler = s.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         # Latents are drawn from a CPU generator (same stream on every device; AdaptableGenerator moves them).
@@ -143,7 +148,6 @@ class Stage2Trainer:
     def step(self) -> dict[str, Any]:
         """One stage-2 iteration; returns its log record (loss terms, layers, seconds, memory)."""
         from ipl.augment import paired_views
-        from ipl.losses import directional_loss
 
         s = self.settings
         t0 = time.perf_counter()
@@ -186,10 +190,7 @@ class Stage2Trainer:
                 tgt_feats = clip.encode_images(views_t)
                 # Per-image text directions line up with the view-major image views.
                 src_txt, tgt_txt = (t.repeat(n_views, 1) if t.shape[0] > 1 else t for t in texts[k])
-                loss_k = directional_loss(src_feats[k].float(), tgt_feats.float(),
-                                          src_txt.float(), tgt_txt.float())
-                terms[f"dir_{k}"] = loss_k
-                total = total + clip.weight * loss_k
+                total = total + self.clip_loss(k, src_feats[k], tgt_feats, src_txt, tgt_txt, terms)
             extra = getattr(self.G_t, "extra_losses", None)
             if callable(extra):
                 for name, value in extra(latents, images_t).items():
@@ -210,6 +211,19 @@ class Stage2Trainer:
         record["seconds"] = round(time.perf_counter() - t0, 6)
         record["mem_mb"] = memory_mb(self.device)
         return record
+
+    def clip_loss(self, k: int, src_feats: torch.Tensor, tgt_feats: torch.Tensor, src_txt: torch.Tensor,
+                  tgt_txt: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """CLIP model k's weighted loss: directional (+ length term when on); logs the terms into `terms`."""
+        from ipl.losses import directional_loss, length_loss
+
+        s = self.settings
+        args = (src_feats.float(), tgt_feats.float(), src_txt.float(), tgt_txt.float())
+        terms[f"dir_{k}"] = loss = directional_loss(*args)
+        if s.length_weight > 0:
+            terms[f"len_{k}"] = length = length_loss(*args, ratio=s.length_ratio)
+            loss = loss + s.length_weight * length
+        return self.clips[k].weight * loss
 
     def _optimizer_step(self, total: torch.Tensor) -> None:
         """Backward and one optimiser step (through the fp16 grad scaler when there is one)."""

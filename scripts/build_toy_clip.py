@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generators.toy.augment import augment, cheap_augment, neutral_chroma, tint  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
 from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_descent, background_step_losses,  # noqa: E402
-                                       build_model, normalise, path_losses, tokenizer, zero_shot_domain)
+                                       build_model, delta_ratio, gradient_alignment, normalise, path_losses,
+                                       tokenizer, zero_shot_domain)
 from generators.toy.render import (DEGRADATIONS, DOMAINS, RESOLUTION, STYLE_DOMAINS,  # noqa: E402
                                    background_lightness, degrade, render, render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
@@ -117,8 +118,6 @@ def alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: 
     read as a colour-cast degradation) scores cos 0.5 against the target's direction; that floor is the
     local minimum stage 2 falls into. Here, the source domain is the origin of independent style directions.
     """
-    from generators.toy.captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
-
     n, v = variants.shape[:2]
     assert v == len(STYLE_DOMAINS) + 1, tuple(variants.shape)
     t = t_min + (1 - t_min) * torch.rand(n, 1, 1, 1, 1, generator=g)
@@ -126,13 +125,44 @@ def alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: 
     e0 = F.normalize(model.encode_image(normalise(variants[:, 0])), dim=-1)
     e = F.normalize(model.encode_image(normalise(blends.flatten(0, 1))), dim=-1).view(n, v - 1, -1)
     d_img = F.normalize(e - e0[:, None], dim=-1)
-    prompts = [rng.choice(ZERO_SHOT_PROMPTS[d] + [TARGET_TEXTS.get(d, ZERO_SHOT_PROMPTS[d][0])])
-               for d in STYLE_DOMAINS]
+    prompts = [caption_for_direction(d, rng) for d in STYLE_DOMAINS]
     txt = F.normalize(model.encode_text(tok(prompts)), dim=-1)
     d_txt = F.normalize(txt[1:] - txt[:1], dim=-1)                                      # [5, D]
     cos = d_img @ d_txt.T                                                               # [n, v-1, 5]
     target = torch.eye(v - 1, len(STYLE_DOMAINS) - 1)                                  # degraded row: zeros
     return (cos - target).pow(2).mean()
+
+
+def gradient_alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: random.Random) -> torch.Tensor:
+    """mean (1 - cos(d/dx <E(x), dT_X>, X - x)) at `solid` renders x: perceptually aligned gradients.
+
+    variants: [n, 7, 3, H, W] from `scene_variants`; each scene draws one style domain X, and the image
+    gradient of the embedding's progress along X's (fixed) text change should point at the render of the
+    same scene in X (Ganz et al., 2023, train the input gradient toward a target direction). A small
+    non-robust CLIP's image gradient is dominated by edge and texture patterns; stage 2 moves a generator
+    along that gradient, so it draws those patterns instead of the domain.
+    """
+    n = variants.shape[0]
+    pick = torch.randint(1, len(STYLE_DOMAINS), (n,), generator=g)
+    with torch.no_grad():  # the text side is the classifier's; only the image tower's gradient is shaped here
+        texts = [caption_for_direction(d, rng) for d in STYLE_DOMAINS]
+        txt = F.normalize(model.encode_text(tok(texts)), dim=-1)
+        d_txt = F.normalize(txt[1:] - txt[:1], dim=-1)[pick - 1]                       # [n, D]
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    x = variants[:, 0].clone().requires_grad_(True)
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels have no double backward
+        e = F.normalize(model.encode_image(normalise(x)), dim=-1)
+    (grad,) = torch.autograd.grad((e * d_txt).sum(), [x], create_graph=True)
+    goal = variants[torch.arange(n), pick] - variants[:, 0]
+    return (1 - F.cosine_similarity(grad.flatten(1), goal.flatten(1), dim=1)).mean()
+
+
+def caption_for_direction(domain: str, rng: random.Random) -> str:
+    """A prompt of `domain` for a text direction: one of its zero-shot prompts or its target text."""
+    from generators.toy.captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS
+
+    return rng.choice(ZERO_SHOT_PROMPTS[domain] + [TARGET_TEXTS.get(domain, ZERO_SHOT_PROMPTS[domain][0])])
 
 
 def fare_loss(model, teacher, images: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
@@ -215,18 +245,21 @@ def tinted_background_batch(n: int, amount: float, g: torch.Generator, rng: rand
 
 @torch.no_grad()
 def evaluate(model, tok, images, labels) -> dict:
-    """Zero-shot domain accuracy on held-out renders (style and degraded) and the solid -> domain path losses."""
+    """Zero-shot accuracy on held-out renders (style and degraded), path and background diagnostics, delta ratio."""
     model.eval()
     pred = zero_shot_domain(model, tok, images)
     paths = path_losses(model, tok)
     steps = background_step_losses(model, tok)
     steps.pop("tints")
     descent = background_descent(model, tok)
+    ratio = delta_ratio(model, tok)
+    grads = gradient_alignment(model, tok)
     model.train()
     acc = (pred == labels["domain"]).float()
     per = {d: round(acc[labels["domain"] == i].mean().item(), 4) for i, d in enumerate(DOMAINS)}
     return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per, "path_losses": paths,
-            "background_steps": steps, "background_descent": descent}
+            "background_steps": steps, "background_descent": descent, "delta_ratio": ratio,
+            "gradient_alignment": grads}
 
 
 def save(model, out: Path, info: dict) -> None:
@@ -257,6 +290,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--align-weight", type=float, default=0.0,
                     help="weight of the directional alignment loss (0: off)")
     ap.add_argument("--align-batch", type=int, default=12, help="scenes per step for the alignment loss")
+    ap.add_argument("--grad-align-weight", type=float, default=0.0,
+                    help="weight of the gradient alignment loss (perceptually aligned gradients; 0: off)")
+    ap.add_argument("--grad-align-batch", type=int, default=8, help="scenes per step for the gradient alignment")
     ap.add_argument("--photometric", type=float, default=1.0,
                     help="scale of the brightness/contrast jitter (0: none; it teaches invariance to darkening)")
     ap.add_argument("--tint", type=float, default=0.0,
@@ -277,7 +313,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--init", default=None, help="continue from these clip.safetensors weights")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
     args = ap.parse_args(argv)
-    for name in ("tint", "bg_tint", "fare_eps", "align_weight"):
+    for name in ("tint", "bg_tint", "fare_eps", "align_weight", "grad_align_weight"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {getattr(args, name)}")
     interp_variants = ("solid", *dict.fromkeys(v.strip() for v in args.interp_domains.split(",")
@@ -338,7 +374,8 @@ def main(argv=None) -> dict:
             "interp_weight": args.interp_weight, "interp_batch": args.interp_batch,
             "interp_power": args.interp_power, "interp_from_source": args.interp_from_source,
             "interp_domains": list(interp_variants), "align_weight": args.align_weight,
-            "align_batch": args.align_batch,
+            "align_batch": args.align_batch, "grad_align_weight": args.grad_align_weight,
+            "grad_align_batch": args.grad_align_batch,
             "photometric": args.photometric, "tint": args.tint, "bg_tint": args.bg_tint, "grey_bg": args.grey_bg,
             "soft_grey": args.soft_grey,
             "bg_tint_batch": args.bg_tint_batch,
@@ -361,7 +398,7 @@ def main(argv=None) -> dict:
             half = torch.rand(len(images), generator=g) < 0.5
             images[half] = tint(images[half], args.tint, g)
         labels = {k: v[idx] for k, v in bank_labels.items()}
-        interp = align = torch.zeros(())
+        interp = align = grad_align = torch.zeros(())
         if teacher is not None:
             loss = fare_loss(model, teacher, images, 2 * args.fare_eps / 255, args.fare_steps)
         else:
@@ -382,6 +419,9 @@ def main(argv=None) -> dict:
             if args.align_weight > 0:
                 align = alignment_loss(model, tok, scene_variants(args.align_batch, g), g, rng)
                 loss = loss + args.align_weight * align
+            if args.grad_align_weight > 0:
+                grad_align = gradient_alignment_loss(model, tok, scene_variants(args.grad_align_batch, g), g, rng)
+                loss = loss + args.grad_align_weight * grad_align
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -389,7 +429,7 @@ def main(argv=None) -> dict:
         step += 1
         if step % 100 == 0:
             print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.4f} "
-                  f"interp={interp.item():.4f} align={align.item():.4f} "
+                  f"interp={interp.item():.4f} align={align.item():.4f} grad_align={grad_align.item():.4f} "
                   f"scale={model.logit_scale.exp().item():.1f}", flush=True)
         if time.time() - last_save > 240:
             ev = evaluate(model, tok, eval_images, eval_labels)

@@ -137,6 +137,11 @@ def test_non_positive_iterations(world, tmp_path, flag):
     _bad(world, tmp_path, "positive", **{flag: "0"})
 
 
+def test_length_term_needs_a_ratio(world, tmp_path):
+    _bad(world, tmp_path, "--length-ratio", **{"--length-weight": "1"})
+    _bad(world, tmp_path, "--length-weight must be >= 0", **{"--length-weight": "-1", "--length-ratio": "0.1"})
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_gpu(world, tmp_path):
     _bad(world, tmp_path, "no CUDA GPU", **{"--device": "cuda"})

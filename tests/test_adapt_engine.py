@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ipl.ema import EMA
+from ipl.errors import IPLError
 from ipl.prompts import PromptLearner
 from ipl.stage2 import NonFiniteLossError, Stage2Settings, Stage2Trainer
 from test_adapt_fakes import FakeLayeredGenerator
@@ -75,6 +76,19 @@ def test_extra_losses_are_added_and_logged(tiny_clip):
     tr.G_t.extra_losses = lambda latents, images_t: {"l1": 0.5 * images_t.abs().mean()}
     rec = tr.step()
     assert rec["total"] == pytest.approx(rec["dir_0"] * tiny_clip.weight + rec["l1"], rel=1e-5)
+
+
+def test_length_term_is_added_logged_and_needs_a_ratio(tiny_clip):
+    G, tr = _trainer(tiny_clip, method="nada", layers=None, length_weight=0.5, length_ratio=0.1)
+    rec = tr.step()
+    assert rec["len_0"] == pytest.approx(1.0, abs=1e-3)  # G_t == G_s: no change yet, the hinge is at 1
+    assert rec["total"] == pytest.approx(tiny_clip.weight * (rec["dir_0"] + 0.5 * rec["len_0"]), rel=1e-5)
+    rec = tr.step()
+    assert rec["total"] == pytest.approx(tiny_clip.weight * (rec["dir_0"] + 0.5 * rec["len_0"]), rel=1e-5)
+    _, plain = _trainer(tiny_clip, method="nada", layers=None)
+    assert "len_0" not in plain.step()  # off by default, as NADA and IPL
+    with pytest.raises(IPLError, match="length ratio"):
+        _trainer(tiny_clip, method="nada", layers=None, length_weight=1.0)
 
 
 def test_ema_lerp_keeps_unchanged_exact():

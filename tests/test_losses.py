@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from ipl.losses import (contrastive_loss, directional_loss, domain_regularizer, global_clip_loss, safe_direction,
-                        weighted_sum)
+from ipl.losses import (contrastive_loss, directional_loss, domain_regularizer, global_clip_loss, length_loss,
+                        safe_direction, weighted_sum)
 
 
 def test_contrastive_known_answers():
@@ -44,6 +44,27 @@ def test_directional_known_answers():
     b = directional_loss(src, tgt, s_txt.expand(2, 3), t_txt.expand(2, 3))
     c = directional_loss(src, tgt, s_txt[0], t_txt[0])
     assert a.item() == pytest.approx(b.item()) and a.item() == pytest.approx(c.item())
+
+
+def test_length_known_answers():
+    # Unit features; the text moves x -> y, |dT| = sqrt(2). ratio 0.1: the goal is a projection of 0.1 sqrt(2).
+    s_txt, t_txt = torch.tensor([[1.0, 0, 0]]), torch.tensor([[0, 1.0, 0]])
+    goal = 0.1 * math.sqrt(2)
+    src = torch.tensor([[0.0, 0, 1.0]]).expand(4, 3)
+    # Image features rotated from z toward the text direction by an angle a (projection sin a): no change,
+    # half the goal, the goal, twice the goal.
+    tgt = torch.stack([torch.tensor([0.0, 0, 1.0])] + [
+        torch.cat([torch.tensor([-1.0, 1.0]) / math.sqrt(2) * math.sin(a), torch.tensor([math.cos(a)])])
+        for a in (math.asin(goal / 2), math.asin(goal), math.asin(2 * goal))])
+    per = [length_loss(src[:1], tgt[i:i + 1], s_txt, t_txt, ratio=0.1).item() for i in range(4)]
+    assert per == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-5)  # a hinge: no pull once the goal is reached
+    assert length_loss(src, tgt, s_txt, t_txt, ratio=0.1).item() == pytest.approx(1.5 / 4, abs=1e-5)
+    # A change orthogonal to the text direction does not count; a backward one costs more than none.
+    assert length_loss(src[:1], torch.tensor([[0.3, 0.3, 1.0]]), s_txt, t_txt, 0.1).item() == pytest.approx(1.0)
+    assert length_loss(src[:1], torch.tensor([[goal, -goal, 1.0]]), s_txt, t_txt, 0.1).item() > 1.5
+    # Per-image text directions (IPL) give the same as the shared one when they are equal.
+    assert length_loss(src, tgt, s_txt.expand(4, 3), t_txt.expand(4, 3), 0.1).item() == pytest.approx(
+        length_loss(src, tgt, s_txt, t_txt, 0.1).item())
 
 
 def test_directional_finite_when_images_equal():

@@ -273,3 +273,39 @@ def test_oracle_reads_background_darkness_only():
     assert loss.item() < 0.01
     same_frame = oracle.oracle_image_features(render(p, "pastel", background=torch.full((4, 3), 0.9)))
     assert torch.allclose(same_frame, oracle.oracle_image_features(light), atol=1e-6)
+
+
+def test_gradient_alignment_known_answers_and_loss_falls():
+    # Stand-in CLIP whose embedding reads the mean colour: the image gradient of "darker" is a uniform darkening
+    # of every pixel, so its cosine with the change to `dark` (the background darkened, the shape kept) is
+    # -sum(change) / (sqrt(N) |change|); every other target text has no text change, hence no gradient (0).
+    from generators.toy.clip_model import gradient_alignment
+
+    model, texts = _stand_in_clip(dark_axis=1)
+    out = gradient_alignment(model, texts, n=4)
+    p = sample_params(4, torch.Generator().manual_seed(0))
+    change = (render(p, "dark") - render(p, "solid")).flatten(1)
+    expected = (-change.sum(1) / (change.shape[1] ** 0.5 * change.norm(dim=1))).mean().item()
+    assert out["dark"] == pytest.approx(expected, abs=1e-4) and 0.5 < expected < 1.0
+    assert all(out[d] == 0 for d in ("pastel", "outlined", "striped", "dotted")), out
+
+    # The training loss that shapes it (scripts/build_toy_clip.py --grad-align-weight): 1 - cos in [0, 2],
+    # lowered by a few optimiser steps of the toy CLIP architecture on a fixed batch (double backward).
+    build = _script()
+    from generators.toy.clip_model import build_model, tokenizer
+
+    torch.manual_seed(0)
+    model, tok = build_model(), tokenizer()
+    model.token_embedding.requires_grad_(False)
+    variants = build.scene_variants(3, torch.Generator().manual_seed(5))
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss = build.gradient_alignment_loss(model, tok, variants, torch.Generator().manual_seed(1),
+                                             random.Random(2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(0.0 <= v <= 2.0 for v in losses)
+    assert losses[-1] < 0.8 * losses[0], losses

@@ -23,8 +23,6 @@ class LeanStage2Trainer(Stage2Trainer):
 
     def step(self) -> dict[str, Any]:
         """One iteration = `generation_steps` optimiser steps on one batch; logs the last step's terms."""
-        from ipl.losses import directional_loss
-
         s = self.settings
         t0 = time.perf_counter()
         for p in self.params:
@@ -43,9 +41,7 @@ class LeanStage2Trainer(Stage2Trainer):
             with self.autocast():
                 total = 0.0
                 for i, clip in enumerate(self.clips):
-                    loss_i = directional_loss(src_feats[i], clip.encode_images(x0_pred).float(), *texts[i])
-                    terms[f"dir_{i}"] = loss_i
-                    total = total + clip.weight * loss_i
+                    total = total + self.clip_loss(i, src_feats[i], clip.encode_images(x0_pred), *texts[i], terms)
                 for name, value in G.extra_losses(latents, x0_pred).items():
                     terms[name] = value
                     total = total + value

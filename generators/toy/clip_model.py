@@ -113,6 +113,64 @@ def path_losses(model, tok, n: int = 64, seed: int = 0, steps: tuple[float, ...]
 
 
 @torch.no_grad()
+def delta_ratio(model, tok, n: int = 64, seed: int = 0) -> dict:
+    """The image/text change-length ratio for `ipl.losses.length_loss`, per style domain and their mean.
+
+    For each domain d: the mean projection of E(render_d) - E(render_solid) (same scenes, unit features) on the
+    text change T(target text of d) - T("a solid shape"), divided by that text change's length. Image
+    features of two domains lie far closer together than their texts (the modality gap), so it is small.
+    """
+    import torch.nn.functional as F
+
+    from .captions import SOURCE_TEXT, TARGET_TEXTS
+    from .render import render, sample_params
+
+    dev = next(model.parameters()).device
+    p = sample_params(n, torch.Generator().manual_seed(seed))
+    fs = F.normalize(model.encode_image(normalise(render(p, "solid").to(dev))), dim=-1)
+    ts = F.normalize(model.encode_text(tok([SOURCE_TEXT]).to(dev)), dim=-1)
+    out = {}
+    for d, text in TARGET_TEXTS.items():
+        fd = F.normalize(model.encode_image(normalise(render(p, d).to(dev))), dim=-1)
+        d_txt = F.normalize(model.encode_text(tok([text]).to(dev)), dim=-1) - ts
+        along = (fd - fs) @ F.normalize(d_txt, dim=-1).T
+        out[d] = round(along.mean().item() / d_txt.norm().item(), 4)
+    out["mean"] = round(sum(out.values()) / len(TARGET_TEXTS), 4)
+    return out
+
+
+def gradient_alignment(model, tok, n: int = 32, seed: int = 0) -> dict:
+    """Per style domain: cos between the image gradient of <E(x), dT> at `solid` renders and the change to that domain.
+
+    dT = T(target text) - T("a solid shape") (the stage-2 texts); the change is render_d - render_solid of the
+    same scenes. Stage 2 moves the generator's images along this gradient (as far as the generator can draw
+    it), so near 0 means the CLIP rewards first of all pixel patterns that are not the domain (edges,
+    textures, tints), and a generator will draw those.
+    """
+    import torch.nn.functional as F
+
+    from .captions import SOURCE_TEXT, TARGET_TEXTS
+    from .render import render, sample_params
+
+    dev = next(model.parameters()).device
+    p = sample_params(n, torch.Generator().manual_seed(seed))
+    src = render(p, "solid").to(dev)
+    out = {}
+    with torch.no_grad():
+        ts = F.normalize(model.encode_text(tok([SOURCE_TEXT]).to(dev)), dim=-1)
+    for d, text in TARGET_TEXTS.items():
+        with torch.no_grad():
+            d_txt = F.normalize(F.normalize(model.encode_text(tok([text]).to(dev)), dim=-1) - ts, dim=-1)
+        x = src.clone().requires_grad_(True)
+        with torch.enable_grad():
+            score = (F.normalize(model.encode_image(normalise(x)), dim=-1) @ d_txt.T).sum()
+            (grad,) = torch.autograd.grad(score, [x])
+        goal = render(p, d).to(dev) - src
+        out[d] = round(F.cosine_similarity(grad.flatten(1), goal.flatten(1), dim=1).mean().item(), 4)
+    return out
+
+
+@torch.no_grad()
 def background_step_losses(model, tok, n: int = 32, seed: int = 0, step: float = 0.1, hues: int = 12) -> dict:
     """NADA directional loss toward "on a dark background" of small changes of the background colour alone.
 

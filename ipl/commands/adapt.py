@@ -76,6 +76,12 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
               help="Re-pick the unfrozen layers every N steps (1 = every step, as NADA; larger is cheaper).")
 @click.option("--augment", "augment_views", type=int, default=_D.augment_views,
               help="Paired random crops/flips per image fed to CLIP in stage 2 (0 = none, as NADA/IPL).")
+@click.option("--length-weight", type=float, default=_D.length_weight,
+              help="Weight of the length term: the image change's CLIP projection on the text change must "
+              "reach --length-ratio x the text change's length (0 = off, as NADA/IPL).")
+@click.option("--length-ratio", type=float, default=None,
+              help="Image/text change-length ratio of the CLIP model for the length term [default: the "
+              "registry's; toy: measured on the toy CLIP].")
 @click.option("--truncation", type=float, default=None, help="Truncation psi for training latents "
               "[default: the registry's, 1.0].")
 @click.option("--diffusion", "diffusion_opts", multiple=True, metavar="KEY=VALUE",
@@ -100,7 +106,7 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(source, source_text, targets, target_file, method, clips, iters_prompt, batch_prompt, lr_prompt,
             n_ctx, lambda_l, lambda_src, iters, batch, lr, ema_decay, layers, layer_batch, layer_every, augment_views,
-            truncation, diffusion_opts, source_images, out,
+            length_weight, length_ratio, truncation, diffusion_opts, source_images, out,
             device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
     """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
     from ipl.registry import get_source, is_registry_name, run_defaults_for
@@ -151,7 +157,8 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
                           iters_prompt=iters_prompt, batch_prompt=batch_prompt, lr_prompt=lr_prompt, n_ctx=n_ctx,
                           lambda_l=lambda_l, lambda_src=lambda_src, iters=iters, batch=batch, lr=lr,
                           ema_decay=ema_decay, layers=layers, layer_batch=layer_batch, layer_every=layer_every,
-                          augment_views=augment_views, truncation=truncation,
+                          augment_views=augment_views, length_weight=length_weight,
+                          length_ratio=length_ratio, truncation=truncation,
                           diffusion=diffusion,
                           out=run_out, device=device, precision=precision, seed=seed, sample_every=sample_every,
                           sample_n=sample_n, checkpoint_every=checkpoint_every)
