@@ -133,14 +133,19 @@ def alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: 
     return (cos - target).pow(2).mean()
 
 
-def gradient_alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: random.Random) -> torch.Tensor:
-    """mean (1 - cos(d/dx <E(x), dT_X>, X - x)) at `solid` renders x: perceptually aligned gradients.
+def gradient_alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: random.Random,
+                            noise: float = 0.0, path: float = 0.0) -> torch.Tensor:
+    """mean (1 - cos(d/dx <E(x), dT_X>, X - solid)) at (or near) `solid` renders: perceptually aligned gradients.
 
     variants: [n, 7, 3, H, W] from `scene_variants`; each scene draws one style domain X, and the image
     gradient of the embedding's progress along X's (fixed) text change should point at the render of the
     same scene in X (Ganz et al., 2023, train the input gradient toward a target direction). A small
     non-robust CLIP's image gradient is dominated by edge and texture patterns; stage 2 moves a generator
     along that gradient, so it draws those patterns instead of the domain.
+    Off the renders, where a generator's images are after a few steps: with `path` > 0, x is the blend
+    (1-t) solid + t X, t uniform in [0, path]; with `noise` > 0, per-pixel Gaussian noise of a standard
+    deviation uniform in [0, noise] is added to x (the speckle a small CLIP's gradient draws). The goal stays
+    the change toward X.
     """
     n = variants.shape[0]
     pick = torch.randint(1, len(STYLE_DOMAINS), (n,), generator=g)
@@ -150,11 +155,16 @@ def gradient_alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generat
         d_txt = F.normalize(txt[1:] - txt[:1], dim=-1)[pick - 1]                       # [n, D]
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    x = variants[:, 0].clone().requires_grad_(True)
+    goal = variants[torch.arange(n), pick] - variants[:, 0]
+    x = variants[:, 0].clone()
+    if path > 0:
+        x = x + path * torch.rand(n, 1, 1, 1, generator=g) * goal
+    if noise > 0:
+        x = x + noise * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
+    x.requires_grad_(True)
     with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels have no double backward
         e = F.normalize(model.encode_image(normalise(x)), dim=-1)
     (grad,) = torch.autograd.grad((e * d_txt).sum(), [x], create_graph=True)
-    goal = variants[torch.arange(n), pick] - variants[:, 0]
     return (1 - F.cosine_similarity(grad.flatten(1), goal.flatten(1), dim=1)).mean()
 
 
@@ -293,6 +303,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--grad-align-weight", type=float, default=0.0,
                     help="weight of the gradient alignment loss (perceptually aligned gradients; 0: off)")
     ap.add_argument("--grad-align-batch", type=int, default=8, help="scenes per step for the gradient alignment")
+    ap.add_argument("--grad-align-noise", type=float, default=0.0,
+                    help="also off the renders: Gaussian pixel noise of std up to this (0: on the renders)")
+    ap.add_argument("--grad-align-path", type=float, default=0.0,
+                    help="also off the renders: from blends up to this far toward the domain (0: at solid)")
     ap.add_argument("--photometric", type=float, default=1.0,
                     help="scale of the brightness/contrast jitter (0: none; it teaches invariance to darkening)")
     ap.add_argument("--tint", type=float, default=0.0,
@@ -313,7 +327,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--init", default=None, help="continue from these clip.safetensors weights")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
     args = ap.parse_args(argv)
-    for name in ("tint", "bg_tint", "fare_eps", "align_weight", "grad_align_weight"):
+    for name in ("tint", "bg_tint", "fare_eps", "align_weight", "grad_align_weight", "grad_align_noise",
+                 "grad_align_path"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {getattr(args, name)}")
     interp_variants = ("solid", *dict.fromkeys(v.strip() for v in args.interp_domains.split(",")
@@ -375,7 +390,8 @@ def main(argv=None) -> dict:
             "interp_power": args.interp_power, "interp_from_source": args.interp_from_source,
             "interp_domains": list(interp_variants), "align_weight": args.align_weight,
             "align_batch": args.align_batch, "grad_align_weight": args.grad_align_weight,
-            "grad_align_batch": args.grad_align_batch,
+            "grad_align_batch": args.grad_align_batch, "grad_align_noise": args.grad_align_noise,
+            "grad_align_path": args.grad_align_path,
             "photometric": args.photometric, "tint": args.tint, "bg_tint": args.bg_tint, "grey_bg": args.grey_bg,
             "soft_grey": args.soft_grey,
             "bg_tint_batch": args.bg_tint_batch,
@@ -420,7 +436,8 @@ def main(argv=None) -> dict:
                 align = alignment_loss(model, tok, scene_variants(args.align_batch, g), g, rng)
                 loss = loss + args.align_weight * align
             if args.grad_align_weight > 0:
-                grad_align = gradient_alignment_loss(model, tok, scene_variants(args.grad_align_batch, g), g, rng)
+                grad_align = gradient_alignment_loss(model, tok, scene_variants(args.grad_align_batch, g), g, rng,
+                                                     noise=args.grad_align_noise, path=args.grad_align_path)
                 loss = loss + args.grad_align_weight * grad_align
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -309,3 +309,7 @@ def test_gradient_alignment_known_answers_and_loss_falls():
         losses.append(loss.item())
     assert all(0.0 <= v <= 2.0 for v in losses)
     assert losses[-1] < 0.8 * losses[0], losses
+    # Off the renders (noisy images, blends on the way to the domain): same bounds, a different value.
+    off = build.gradient_alignment_loss(model, tok, variants, torch.Generator().manual_seed(1), random.Random(2),
+                                        noise=0.3, path=0.7).item()
+    assert 0.0 <= off <= 2.0 and abs(off - losses[-1]) > 1e-4
