@@ -236,6 +236,19 @@ def test_soft_grey_captions_follow_lightness():
     assert "grey" in build.grey_caption(0.5, 0, 0, rng)          # the binned captions stay the default
 
 
+def _optimise(model, loss_fn, steps: int = 12, lr: float = 1e-3) -> list[float]:
+    """Adam steps on the model's trainable weights minimising loss_fn(); the loss before each step."""
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_alignment_loss_falls_and_is_bounded():
     # The directional alignment loss is a mean of squared cosine errors (in [0, 4]) and a few optimiser steps
     # on the toy CLIP architecture lower it on a fixed batch.
@@ -246,14 +259,8 @@ def test_alignment_loss_falls_and_is_bounded():
     model, tok = build_model(), tokenizer()
     variants = build.scene_variants(3, torch.Generator().manual_seed(5))
     assert variants.shape[:2] == (3, 7)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(12):
-        loss = build.alignment_loss(model, tok, variants, torch.Generator().manual_seed(1), random.Random(2))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _optimise(model, lambda: build.alignment_loss(model, tok, variants, torch.Generator().manual_seed(1),
+                                                            random.Random(2)))
     assert all(0.0 <= v <= 4.0 for v in losses)
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -298,15 +305,9 @@ def test_gradient_alignment_known_answers_and_loss_falls():
     model, tok = build_model(), tokenizer()
     model.token_embedding.requires_grad_(False)
     variants = build.scene_variants(3, torch.Generator().manual_seed(5))
-    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(12):
-        loss = build.gradient_alignment_loss(model, tok, variants, torch.Generator().manual_seed(1),
-                                             random.Random(2))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _optimise(model, lambda: build.gradient_alignment_loss(model, tok, variants,
+                                                                     torch.Generator().manual_seed(1),
+                                                                     random.Random(2)))
     assert all(0.0 <= v <= 2.0 for v in losses)
     assert losses[-1] < 0.8 * losses[0], losses
     # Off the renders (noisy images, blends on the way to the domain): same bounds, a different value.
