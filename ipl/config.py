@@ -55,6 +55,9 @@ class AdaptConfig:
     # text change's length (ipl.losses.length_loss). The ratio is a property of the CLIP model.
     length_weight: float = 0.0
     length_ratio: Optional[float] = None    # None: the registry's (toy: measured on the toy CLIP)
+    # Keep StyleGAN2's per-layer noise strengths frozen in stage 2 (NADA and IPL train them). A small CLIP's
+    # gradient rewards per-pixel speckle, which one noise-strength scalar per layer draws at once (toy world).
+    freeze_noise: bool = False
     truncation: Optional[float] = None      # None: registry default (1.0 for training)
     diffusion: dict = field(default_factory=dict)  # diffusion sources only: DiffusionConfig overrides
                                             # (t0, inversion_steps, generation_steps, lean, source_images, ...)

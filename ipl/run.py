@@ -293,7 +293,8 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
                               beta2=cfg.beta2, ema_decay=cfg.ema_decay, layers=layers,
                               layer_batch=cfg.layer_batch, layer_lr=cfg.layer_lr, layer_every=cfg.layer_every,
                               augment_views=cfg.augment_views, length_weight=cfg.length_weight,
-                              length_ratio=cfg.length_ratio or 0.0, truncation=truncation,
+                              length_ratio=cfg.length_ratio or 0.0, freeze_noise=cfg.freeze_noise,
+                              truncation=truncation,
                               precision=cfg.precision, seed=cfg.seed)
     trainer_cls = getattr(source, "stage2_trainer", None) or Stage2Trainer  # diffusion: optional lean trainer
     trainer = trainer_cls(source, clips, source_text, cfg.target_text, learners, settings)

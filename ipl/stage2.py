@@ -49,6 +49,7 @@ class Stage2Settings:
     augment_views: int = 0             # >0: CLIP sees this many paired random crops/flips per image
     length_weight: float = 0.0         # weight of ipl.losses.length_loss (0: off, as NADA and IPL)
     length_ratio: float = 0.0          # its image/text change-length ratio (needed when length_weight > 0)
+    freeze_noise: bool = False         # keep the generator's noise strengths as in the source (NADA/IPL train them)
     truncation: float = 1.0
     precision: str = "fp32"
     seed: int = 0
@@ -96,6 +97,12 @@ class Stage2Trainer:
         for p in self.G_t.parameters():
             p.requires_grad_(False)
         self.params = list(self.G_t.trainable_parameters())
+        if s.freeze_noise:
+            noise = getattr(self.G_t, "noise_parameters", None)
+            if noise is None:
+                raise IPLError("--freeze-noise: this generator has no noise inputs (StyleGAN2 sources only)")
+            frozen = {id(p) for p in noise()}
+            self.params = [p for p in self.params if id(p) not in frozen]
         assert self.params, "the generator exposes no trainable parameters"
         self.ema = EMA(self.G_t, self.G_ema, s.ema_decay)
         self.opt = torch.optim.Adam(self.params, lr=s.lr, betas=(s.beta1, s.beta2))

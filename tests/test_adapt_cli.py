@@ -137,6 +137,22 @@ def test_non_positive_iterations(world, tmp_path, flag):
     _bad(world, tmp_path, "positive", **{flag: "0"})
 
 
+def test_freeze_noise_keeps_the_noise_strengths(world, tmp_path):
+    out = tmp_path / "frozen-noise"
+    res = invoke(base_args(world, out, **{"--method": "nada", "--layers": "all", "--iters": "3", "--lr": "0.05",
+                                          "--sample-every": "0"}) + ["--freeze-noise"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    src, ada = generators.load(world["gen"]), generators.load(out / "generator.safetensors")
+    sd_src = src.state_dict()
+    noise = [n for n, _ in ada.named_parameters() if n.endswith("noise_strength")]
+    assert noise, "the test generator has noise inputs"
+    for name, p in ada.named_parameters():
+        if name in noise:
+            assert torch.equal(p.detach(), sd_src[name]), f"{name} changed under --freeze-noise"
+    assert any(not torch.equal(p.detach(), sd_src[n]) for n, p in ada.named_parameters() if n not in noise)
+    assert json.loads((out / "config.json").read_text())["settings"]["freeze_noise"] is True
+
+
 def test_length_term_needs_a_ratio(world, tmp_path):
     _bad(world, tmp_path, "--length-ratio", **{"--length-weight": "1"})
     _bad(world, tmp_path, "--length-weight must be >= 0", **{"--length-weight": "-1", "--length-ratio": "0.1"})

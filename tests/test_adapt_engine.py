@@ -89,6 +89,8 @@ def test_length_term_is_added_logged_and_needs_a_ratio(tiny_clip):
     assert "len_0" not in plain.step()  # off by default, as NADA and IPL
     with pytest.raises(IPLError, match="length ratio"):
         _trainer(tiny_clip, method="nada", layers=None, length_weight=1.0)
+    with pytest.raises(IPLError, match="no noise inputs"):  # the fake generator has none
+        _trainer(tiny_clip, method="nada", layers=None, freeze_noise=True)
 
 
 def test_ema_lerp_keeps_unchanged_exact():

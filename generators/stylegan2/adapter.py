@@ -70,6 +70,10 @@ class StyleGAN2Adapter(AdaptableGenerator):
             frozen |= {id(p) for block in self.G.synthesis.blocks() for p in block.torgb.parameters()}
         return [p for p in self.G.synthesis.parameters() if id(p) not in frozen]
 
+    def noise_parameters(self) -> list[nn.Parameter]:
+        """The per-layer noise strengths (one scalar per synthesis convolution); stage 2 may keep them frozen."""
+        return [p for name, p in self.G.synthesis.named_parameters() if name.endswith("noise_strength")]
+
     def save(self, path: str, metadata: Optional[dict[str, Any]] = None) -> None:
         from generators.stylegan2.checkpoints import save
 

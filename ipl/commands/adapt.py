@@ -82,6 +82,8 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--length-ratio", type=float, default=None,
               help="Image/text change-length ratio of the CLIP model for the length term [default: the "
               "registry's; toy: measured on the toy CLIP].")
+@click.option("--freeze-noise", is_flag=True, help="Keep StyleGAN2's per-layer noise strengths as in the "
+              "source (NADA/IPL train them; a weak CLIP can reward speckle drawn through them).")
 @click.option("--truncation", type=float, default=None, help="Truncation psi for training latents "
               "[default: the registry's, 1.0].")
 @click.option("--diffusion", "diffusion_opts", multiple=True, metavar="KEY=VALUE",
@@ -106,7 +108,7 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(source, source_text, targets, target_file, method, clips, iters_prompt, batch_prompt, lr_prompt,
             n_ctx, lambda_l, lambda_src, iters, batch, lr, ema_decay, layers, layer_batch, layer_every, augment_views,
-            length_weight, length_ratio, truncation, diffusion_opts, source_images, out,
+            length_weight, length_ratio, freeze_noise, truncation, diffusion_opts, source_images, out,
             device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
     """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
     from ipl.registry import get_source, is_registry_name, run_defaults_for
@@ -158,7 +160,7 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
                           lambda_l=lambda_l, lambda_src=lambda_src, iters=iters, batch=batch, lr=lr,
                           ema_decay=ema_decay, layers=layers, layer_batch=layer_batch, layer_every=layer_every,
                           augment_views=augment_views, length_weight=length_weight,
-                          length_ratio=length_ratio, truncation=truncation,
+                          length_ratio=length_ratio, freeze_noise=freeze_noise, truncation=truncation,
                           diffusion=diffusion,
                           out=run_out, device=device, precision=precision, seed=seed, sample_every=sample_every,
                           sample_n=sample_n, checkpoint_every=checkpoint_every)
