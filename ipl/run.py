@@ -228,6 +228,8 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
     clips = res.clip_models(cfg.clip, device)
     if getattr(cfg, "diffusion", None) and not hasattr(source, "configure"):
         raise IPLError("--diffusion / --source-images apply to diffusion sources only; drop them for this source")
+    if getattr(cfg, "freeze_noise", False) and not hasattr(source, "noise_parameters"):
+        raise IPLError("--freeze-noise: this generator has no noise inputs (StyleGAN2 sources only); drop the flag")
     if hasattr(source, "configure"):  # diffusion: per-run options, and the run's first CLIP makes the codes
         source.configure(getattr(cfg, "diffusion", None))
         source.set_code_encoder(clips[0])

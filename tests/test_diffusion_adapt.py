@@ -132,4 +132,7 @@ def test_adapt_refuses_bad_diffusion_input(world, tmp_path):
     assert res.exit_code != 0 and "KEY=VALUE" in str(res.exception)
     res = invoke(adapt_args(world, tmp_path / "c", "--source-images", str(tmp_path / "missing")))
     assert res.exit_code != 0 and "not a folder" in str(res.exception)
+    res = invoke(adapt_args(world, tmp_path / "d", "--freeze-noise"))  # StyleGAN2 noise strengths only
+    assert res.exit_code != 0 and "no noise inputs" in str(res.exception)
+    assert not (tmp_path / "d" / "prompts").exists(), "refused before stage 1"
     assert not (tmp_path / "a" / "generator.safetensors").exists()
