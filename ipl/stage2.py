@@ -87,6 +87,9 @@ class Stage2Trainer:
         from ipl.templates import template_features
 
         self.settings = s = settings
+        if s.length_weight > 0 and not s.length_ratio > 0:
+            raise IPLError(f"the length term (weight {s.length_weight}) needs a positive length ratio, got "
+                           f"{s.length_ratio}: pass --length-ratio (about 0.09 for the toy CLIP)")
         self.clips = list(clips)
         self.source_text, self.target_text = source_text, target_text
         self.device = next(source.parameters()).device
@@ -107,9 +110,6 @@ class Stage2Trainer:
         self.ema = EMA(self.G_t, self.G_ema, s.ema_decay)
         self.opt = torch.optim.Adam(self.params, lr=s.lr, betas=(s.beta1, s.beta2))
         self.autocast = autocast_factory(self.device, s.precision)
-        if s.length_weight > 0 and not s.length_ratio > 0:
-            raise IPLError(f"the length term (weight {s.length_weight}) needs a positive length ratio, got "
-                           f"{s.length_ratio}: pass --length-ratio (about 0.09 for the toy CLIP)")
         use_scaler = s.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         # Latents are drawn from a CPU generator (same stream on every device; AdaptableGenerator moves them).

@@ -3,6 +3,7 @@
 python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank-cache FILE]
                                  [--init clip.safetensors] [--photometric 1] [--tint 0] [--bg-tint 0]
                                  [--grey-bg 0 [--soft-grey]] [--interp-domains LIST] [--align-weight 0]
+                                 [--grad-align-weight 0 [--grad-align-noise 0] [--grad-align-path 0]]
                                  [--fare-eps 0] [--out assets/toy]
 Writes clip_config.json (open_clip model config), clip.safetensors (state dict) and clip_build.json
 (settings, steps, measured zero-shot accuracies and path losses) into --out, checkpointing every few minutes.
