@@ -4,7 +4,7 @@ python scripts/build_toy_clip.py [--minutes 25] [--seed 0] [--threads 1] [--bank
                                  [--init clip.safetensors] [--photometric 1] [--tint 0] [--bg-tint 0]
                                  [--grey-bg 0 [--soft-grey]] [--interp-domains LIST] [--align-weight 0]
                                  [--grad-align-weight 0 [--grad-align-noise 0] [--grad-align-path 0]]
-                                 [--fare-eps 0] [--out assets/toy]
+                                 [--fare-eps 0] [--config MODEL_CONFIG.json] [--out assets/toy]
 Writes clip_config.json (open_clip model config), clip.safetensors (state dict) and clip_build.json
 (settings, steps, measured zero-shot accuracies and path losses) into --out, checkpointing every few minutes.
 
@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.toy.augment import augment, cheap_augment, neutral_chroma, tint  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
-from generators.toy.clip_model import (TOY_CLIP_CONFIG, background_descent, background_step_losses,  # noqa: E402
-                                       build_model, delta_ratio, gradient_alignment, normalise, path_losses,
+from generators.toy.clip_model import (TOY_CLIP_CONFIG, TOY_VIT_CONFIG, background_descent,  # noqa: E402
+                                       background_step_losses, build_model, delta_ratio, gradient_alignment,
+                                       normalise, path_losses,
                                        tokenizer, zero_shot_domain)
 from generators.toy.render import (DEGRADATIONS, DOMAINS, RESOLUTION, STYLE_DOMAINS,  # noqa: E402
                                    background_lightness, degrade, render, render_dataset, sample_params)
@@ -277,7 +278,7 @@ def save(model, out: Path, info: dict) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "clip_config.json", TOY_CLIP_CONFIG)
+    write_json(out / "clip_config.json", info["config"])
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out / "clip.safetensors") as tmp:
         save_file(sd, str(tmp))
@@ -326,6 +327,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bank-cache", default=None, help="keep the render bank in this file (rebuild speed-up)")
     ap.add_argument("--init", default=None, help="continue from these clip.safetensors weights")
+    ap.add_argument("--extra-bank", default=None,
+                    help="captioned images to mix into every batch (scripts/mine_toy_negatives.py output)")
+    ap.add_argument("--extra-batch", type=int, default=16, help="images per step from --extra-bank")
+    ap.add_argument("--config", default=None,
+                    help="open_clip model config JSON (embed_dim, vision_cfg, text_cfg) instead of the shipped "
+                         "architecture (a ResNet image tower); 'vit' for the first toy CLIP's ViT; default with "
+                         "--init: the clip_config.json next to it")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
     args = ap.parse_args(argv)
     for name in ("tint", "bg_tint", "fare_eps", "align_weight", "grad_align_weight", "grad_align_noise",
@@ -344,7 +352,20 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     rng = random.Random(args.seed)
-    model = build_model()
+    config = TOY_CLIP_CONFIG
+    config_file = args.config
+    if config_file is None and args.init and Path(args.init).with_name("clip_config.json").is_file():
+        config_file = str(Path(args.init).with_name("clip_config.json"))  # continue the --init model's config
+    if config_file == "vit":
+        config = TOY_VIT_CONFIG
+    elif config_file:
+        try:
+            config = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--config {config_file}: cannot read an open_clip model config JSON ({e})")
+        if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            ap.error(f"--config {config_file}: expected the keys embed_dim, vision_cfg and text_cfg")
+    model = build_model(config)
     if args.init:
         from safetensors.torch import load_file
 
@@ -363,7 +384,7 @@ def main(argv=None) -> dict:
         model.requires_grad_(False)
         model.visual.requires_grad_(True)  # only the image tower moves; text features (the classifier) stay
     model.train()
-    tok = tokenizer()
+    tok = tokenizer(config["text_cfg"]["context_length"])
     eval_images, eval_labels = render_dataset(700, torch.Generator().manual_seed(10_000 + args.seed))
     # A bank of renders drawn once (rendering every batch costs more than the model step on a busy CPU);
     # a quarter of it is first given the full affine augmentation so scale/rotation variety exists.
@@ -381,6 +402,15 @@ def main(argv=None) -> dict:
         if cache is not None:
             torch.save((bank, bank_labels), cache)
     print(f"bank of {len(bank)} renders in {time.time() - t_bank:.0f}s", flush=True)
+    extra = None
+    if args.extra_bank:
+        try:
+            extra = torch.load(args.extra_bank)
+            assert extra["images"].dtype == torch.uint8 and len(extra["images"]) == len(extra["captions"]) > 0
+        except (OSError, KeyError, AssertionError, RuntimeError) as e:
+            ap.error(f"--extra-bank {args.extra_bank}: expected the output of scripts/mine_toy_negatives.py "
+                     f"(uint8 images with one caption each): {e!r}")
+        print(f"extra bank of {len(extra['captions'])} captioned images", flush=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05,
                             betas=(0.9, 0.98))
     t0 = time.time()
@@ -397,7 +427,8 @@ def main(argv=None) -> dict:
             "soft_grey": args.soft_grey,
             "bg_tint_batch": args.bg_tint_batch,
             "fare_eps": args.fare_eps, "fare_steps": args.fare_steps,
-            "config": TOY_CLIP_CONFIG, "history": []}
+            "extra_bank": args.extra_bank, "extra_batch": args.extra_batch,
+            "config": config, "history": []}
     if args.init and previous.exists():
         info["previous"] = json.loads(previous.read_text())
     last_save = t0
@@ -426,6 +457,11 @@ def main(argv=None) -> dict:
                                                                   grey=args.grey_bg, soft_grey=args.soft_grey)
                 images = torch.cat([images, cheap_augment(extra_images, g, photometric=args.photometric)])
                 caps = caps + extra_caps
+            if extra is not None:
+                pick = torch.randint(0, len(extra["captions"]), (args.extra_batch,), generator=g)
+                images = torch.cat([images, cheap_augment(extra["images"][pick].float() / 127.5 - 1, g,
+                                                          photometric=args.photometric)])
+                caps = caps + [extra["captions"][i] for i in pick.tolist()]
             img_f = model.encode_image(normalise(images))
             txt_f = model.encode_text(tok(caps))
             loss = multi_positive_clip_loss(img_f, txt_f, model.logit_scale.exp().clamp(max=100), caps)

@@ -113,8 +113,9 @@ def test_toy_clip_diagnostics_match_the_record():
     assert delta_ratio(model, tok) == pytest.approx(record["delta_ratio"], abs=2e-3)
     assert gradient_alignment(model, tok) == pytest.approx(record["gradient_alignment"], abs=2e-3)
     assert run_defaults_for("toy")["length_ratio"] == pytest.approx(record["delta_ratio"]["mean"], abs=1e-3)
-    # The modality gap: image embeddings of two domains lie far closer together than their texts.
-    assert all(0 < v < 0.2 for v in record["delta_ratio"].values())
+    # Every domain's image change has a positive projection on its text change. (The first toy CLIP, a ViT,
+    # had a modality gap, ratios 0.08-0.10; this ResNet one has none to speak of, 0.87-1.20.)
+    assert all(0.5 < v < 2.0 for v in record["delta_ratio"].values()), record["delta_ratio"]
 
 
 def test_toy_generator_meets_issue_target():
@@ -175,3 +176,27 @@ def test_toy_benchmark_script_writes_table_json_and_grids(tmp_path):
 
     grids = Image.open(out / "grids.png")
     assert grids.height > 2 * Image.open(out / "dark-ipl" / "samples" / "final.png").height
+
+
+def test_toy_run_defaults_apply_and_flags_override_them(tmp_path):
+    # The toy registry defaults (chosen on `dark`): the length term with the shipped CLIP's ratio and frozen noise
+    # strengths; a flag given on the command line wins (--train-noise, --length-weight 0).
+    import json
+
+    from click.testing import CliRunner
+
+    from ipl.cli import cli
+    from ipl.registry import run_defaults_for
+
+    defaults = run_defaults_for("toy")
+    settings = {}
+    for name, extra in (("default", []), ("override", ["--train-noise", "--length-weight", "0"])):
+        out = tmp_path / name
+        r = CliRunner().invoke(cli, ["adapt", "--source", "toy", "--target", "on a dark background", "--method", "nada",
+                                     "--iters", "1", "--out", str(out), "--device", "cpu", "--quiet", *extra])
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        settings[name] = json.loads((out / "config.json").read_text())["settings"]
+    assert defaults["freeze_noise"] is True and defaults["length_weight"] == 1.0
+    assert settings["default"]["freeze_noise"] is True and settings["default"]["length_weight"] == 1.0
+    assert settings["default"]["length_ratio"] == defaults["length_ratio"]
+    assert settings["override"]["freeze_noise"] is False and settings["override"]["length_weight"] == 0.0

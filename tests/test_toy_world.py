@@ -297,12 +297,12 @@ def test_gradient_alignment_known_answers_and_loss_falls():
     assert all(out[d] == 0 for d in ("pastel", "outlined", "striped", "dotted")), out
 
     # The training loss that shapes it (scripts/build_toy_clip.py --grad-align-weight): 1 - cos in [0, 2],
-    # lowered by a few optimiser steps of the toy CLIP architecture on a fixed batch (double backward).
+    # lowered by a few optimiser steps of the first toy CLIP's ViT on a fixed batch (double backward).
     build = _script()
-    from generators.toy.clip_model import build_model, tokenizer
+    from generators.toy.clip_model import TOY_VIT_CONFIG, build_model, tokenizer
 
     torch.manual_seed(0)
-    model, tok = build_model(), tokenizer()
+    model, tok = build_model(TOY_VIT_CONFIG), tokenizer()
     model.token_embedding.requires_grad_(False)
     variants = build.scene_variants(3, torch.Generator().manual_seed(5))
     losses = _optimise(model, lambda: build.gradient_alignment_loss(model, tok, variants,
@@ -314,3 +314,87 @@ def test_gradient_alignment_known_answers_and_loss_falls():
     off = build.gradient_alignment_loss(model, tok, variants, torch.Generator().manual_seed(1), random.Random(2),
                                         noise=0.3, path=0.7).item()
     assert 0.0 <= off <= 2.0 and abs(off - losses[-1]) > 1e-4
+
+
+def test_build_toy_clip_with_a_resnet_config_loads_through_the_clip_path(tmp_path):
+    # --config swaps the image tower (a vision_cfg with a list of layers is open_clip's ModifiedResNet, as in
+    # OpenAI's RN CLIPs); the written clip_config.json + clip.safetensors load through `--clip CONFIG:WEIGHTS`
+    # and give the same image features as the trained model.
+    import json
+
+    from open_clip.modified_resnet import ModifiedResNet
+    from safetensors.torch import load_file
+
+    from generators.toy.clip_model import TOY_CLIP_CONFIG, build_model, normalise
+    from ipl.clip import load_clip
+
+    config = dict(TOY_CLIP_CONFIG, vision_cfg={"image_size": 64, "layers": [1, 1, 1, 1], "width": 8,
+                                              "head_width": 32})
+    (tmp_path / "rn.json").write_text(json.dumps(config))
+    out = tmp_path / "clip"
+    build = _script()
+    build.main(["--config", str(tmp_path / "rn.json"), "--max-steps", "2", "--batch", "8", "--bank", "1024",
+                "--interp-weight", "0", "--out", str(out)])
+    assert json.loads((out / "clip_config.json").read_text()) == config
+    assert json.loads((out / "clip_build.json").read_text())["steps"] == 2
+    clip = load_clip(f"{out / 'clip_config.json'}:{out / 'clip.safetensors'}")
+    assert isinstance(clip.model.visual, ModifiedResNet)
+    trained = build_model(config).eval()
+    trained.load_state_dict(load_file(str(out / "clip.safetensors")))
+    images = render(sample_params(4, torch.Generator().manual_seed(0)), "solid")
+    with torch.no_grad():
+        assert torch.allclose(clip.encode_images(images), trained.encode_image(normalise(images)), atol=1e-5)
+    # --init continues that model with its own config (the clip_config.json next to the weights).
+    build.main(["--init", str(out / "clip.safetensors"), "--max-steps", "1", "--batch", "8", "--bank", "1024",
+                "--interp-weight", "0", "--out", str(tmp_path / "more")])
+    assert json.loads((tmp_path / "more" / "clip_config.json").read_text()) == config
+    with pytest.raises(SystemExit):
+        build.main(["--config", str(tmp_path / "missing.json"), "--out", str(out)])
+
+
+def test_mined_negatives_are_captioned_by_background_lightness_and_train_the_clip(tmp_path):
+    # scripts/mine_toy_negatives.py: the border frame's lightness decides `dark` vs `solid` (linear between the
+    # domains' ranges, as --soft-grey), the scene comes from the latent; build_toy_clip --extra-bank mixes it in.
+    import json
+
+    from click.testing import CliRunner
+
+    from generators.toy.render import SHAPES
+    from ipl.cli import cli
+
+    mine = _script("mine_toy_negatives")
+    p = sample_params(6, torch.Generator().manual_seed(0))
+    mask = mine.background_mask(p)
+    assert mask.shape == (6, 64, 64) and 0.5 < mask.float().mean() < 0.98
+    assert torch.allclose(mine.background_lightness(render(p, "solid"), mask), 0.86 + 0.11 * p.bg, atol=1e-5)
+    assert torch.allclose(mine.background_lightness(render(p, "dark"), mask), 0.03 + 0.12 * p.bg, atol=1e-5)
+    # A darker shape does not move it (the shape and a 2-px margin are left out); a darker background does.
+    shaded = render(p, "solid") - 0.5 * (~mask)[:, None].float()
+    assert torch.allclose(mine.background_lightness(shaded, mask), 0.86 + 0.11 * p.bg, atol=1e-5)
+    rng = random.Random(0)
+    assert {mine.lightness_domain(0.9, rng) for _ in range(50)} == {"solid"}
+    assert {mine.lightness_domain(0.1, rng) for _ in range(50)} == {"dark"}
+    half = sum(mine.lightness_domain(0.505, rng) == "dark" for _ in range(2000)) / 2000
+    assert abs(half - 0.5) < 0.05, half
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["adapt", "--source", "toy", "--target", "on a dark background", "--method", "nada",
+                                 "--iters", "1", "--out", str(run), "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    bank = mine.main([str(run), "--n", "8", "--out", str(tmp_path / "neg.pt")])
+    assert bank["images"].shape == (8, 3, 64, 64) and bank["images"].dtype == torch.uint8
+    # One step from the source: light backgrounds, so every caption is a solid scene with a shape and colour.
+    assert len(bank["captions"]) == 8
+    assert not any(w in t for t in bank["captions"] for w in ("dark", "black", "night")), bank["captions"]
+    assert sum(any(s in t for s in SHAPES) for t in bank["captions"]) >= 4, bank["captions"]
+    again = mine.main([str(run), "--n", "8", "--append", "--out", str(tmp_path / "neg.pt")])
+    assert len(again["captions"]) == 16 and again["runs"] == [str(run), str(run)]
+
+    build = _script()
+    build.main(["--extra-bank", str(tmp_path / "neg.pt"), "--extra-batch", "4", "--max-steps", "1", "--batch", "8",
+                "--bank", "1024", "--interp-weight", "0", "--out", str(tmp_path / "clip")])
+    info = json.loads((tmp_path / "clip" / "clip_build.json").read_text())
+    assert info["extra_bank"] == str(tmp_path / "neg.pt") and info["steps"] == 1
+    torch.save({"images": torch.zeros(2, 3, 64, 64)}, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit):
+        build.main(["--extra-bank", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "clip")])

@@ -11,8 +11,15 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
 CLIP_CONFIG = ASSETS / "clip_config.json"
 CLIP_WEIGHTS = ASSETS / "clip.safetensors"
 
-# open_clip model config dict (the same keys as open_clip's model_configs/*.json).
+# open_clip model config dicts (the same keys as open_clip's model_configs/*.json). The shipped toy CLIP has a
+# ResNet image tower (open_clip's ModifiedResNet, as OpenAI's RN CLIPs: width 16, one bottleneck per stage,
+# attention pooling); the first one, kept for rebuilding the earlier rounds (docs/toy_findings.md), a ViT.
 TOY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+}
+TOY_VIT_CONFIG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 96, "layers": 3, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},

@@ -82,8 +82,9 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--length-ratio", type=float, default=None,
               help="Image/text change-length ratio of the CLIP model for the length term [default: the "
               "registry's; toy: measured on the toy CLIP].")
-@click.option("--freeze-noise", is_flag=True, help="Keep StyleGAN2's per-layer noise strengths as in the "
-              "source (NADA/IPL train them; a weak CLIP can reward speckle drawn through them).")
+@click.option("--freeze-noise/--train-noise", default=_D.freeze_noise,
+              help="Keep StyleGAN2's per-layer noise strengths as in the source, or train them as NADA/IPL do (a "
+              "weak CLIP can reward speckle drawn through them) [default: train; toy: freeze].")
 @click.option("--truncation", type=float, default=None, help="Truncation psi for training latents "
               "[default: the registry's, 1.0].")
 @click.option("--diffusion", "diffusion_opts", multiple=True, metavar="KEY=VALUE",
