@@ -196,7 +196,8 @@ def test_toy_run_defaults_apply_and_flags_override_them(tmp_path):
                                      "--iters", "1", "--out", str(out), "--device", "cpu", "--quiet", *extra])
         assert r.exit_code == 0, r.output + repr(r.exception)
         settings[name] = json.loads((out / "config.json").read_text())["settings"]
-    assert defaults["freeze_noise"] is True and defaults["length_weight"] == 1.0
+    assert defaults["freeze_noise"] is True and defaults["length_weight"] == 1.0 and defaults["augment_views"] == 4
+    assert settings["default"]["augment_views"] == 4
     assert settings["default"]["freeze_noise"] is True and settings["default"]["length_weight"] == 1.0
     assert settings["default"]["length_ratio"] == defaults["length_ratio"]
     assert settings["override"]["freeze_noise"] is False and settings["override"]["length_weight"] == 0.0
