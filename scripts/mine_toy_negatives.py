@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.toy.captions import caption  # noqa: E402
-from generators.toy.render import DOMAINS, SceneParams, render  # noqa: E402
+from generators.toy.render import DOMAINS, SceneParams, shape_sdf  # noqa: E402
 from generators.toy.source import scene_from_latent  # noqa: E402
 from ipl.atomic import atomic_path  # noqa: E402
 
@@ -37,12 +36,8 @@ MARGIN = 2                 # pixels around the intended shape left out of the ba
 
 def background_mask(scene: SceneParams) -> torch.Tensor:
     """[N, H, W] bool: pixels at least MARGIN pixels away from each scene's intended shape."""
-    n = len(scene)
-    black = render(scene, "solid", background=torch.zeros(n, 3))
-    white = render(scene, "solid", background=torch.ones(n, 3))
-    shape = ((white - black).abs().amax(1, keepdim=True) < 1.0).float()  # the shape covers the background
-    grown = F.max_pool2d(shape, 2 * MARGIN + 1, stride=1, padding=MARGIN)
-    return grown[:, 0] == 0
+    # shape_sdf is in pixels; the renderer's antialiasing ramp reaches 0.5 px outside the shape.
+    return shape_sdf(scene) > 0.5 + MARGIN
 
 
 def background_lightness(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -92,10 +87,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--append", action="store_true", help="add to --out if it exists")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error(f"--n must be >= 1, got {args.n}")
+    missing = [r for r in args.runs if not (Path(r) / "config.json").is_file()]
+    if missing:
+        ap.error(f"not ipl run folders (no config.json): {', '.join(missing)}; pass folders written by "
+                 f"`ipl adapt --source toy ... --out RUN`")
     out = Path(args.out)
     bank = {"images": torch.empty(0, 3, 64, 64, dtype=torch.uint8), "captions": [], "runs": []}
     if args.append and out.exists():
-        bank = torch.load(out)
+        try:
+            bank = torch.load(out)
+            assert {"images", "captions", "runs"} <= set(bank)
+        except Exception as e:  # torch.load raises many kinds on a file it cannot read
+            ap.error(f"--append: {out} is not an earlier output of this script ({e!r}); pass another --out")
     for k, run in enumerate(args.runs):
         images, captions = mine(run, args.n, args.seed + k)
         bank["images"] = torch.cat([bank["images"], images])

@@ -389,6 +389,13 @@ def test_mined_negatives_are_captioned_by_background_lightness_and_train_the_cli
     assert sum(any(s in t for s in SHAPES) for t in bank["captions"]) >= 4, bank["captions"]
     again = mine.main([str(run), "--n", "8", "--append", "--out", str(tmp_path / "neg.pt")])
     assert len(again["captions"]) == 16 and again["runs"] == [str(run), str(run)]
+    # Bad input is refused before anything is written: a folder that is not a run, a file that is not a bank.
+    (tmp_path / "not-a-bank.pt").write_bytes(b"junk")
+    for argv in ([str(tmp_path), "--out", str(tmp_path / "x.pt")],
+                 [str(run), "--append", "--out", str(tmp_path / "not-a-bank.pt")]):
+        with pytest.raises(SystemExit):
+            mine.main(argv)
+    assert not (tmp_path / "x.pt").exists() and (tmp_path / "not-a-bank.pt").read_bytes() == b"junk"
 
     build = _script()
     build.main(["--extra-bank", str(tmp_path / "neg.pt"), "--extra-batch", "4", "--max-steps", "1", "--batch", "8",
