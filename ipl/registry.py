@@ -81,7 +81,7 @@ _ENTRIES = [
                 # 600 iterations instead of 300 (0.45 -> 0.33; the adapt then takes ~77 s on 2 idle cores).
                 run_defaults={"iters_prompt": 100, "batch_prompt": 16, "iters": 600, "layer_batch": 4,
                               "layer_every": 1, "sample_every": 50, "length_weight": 1.0,
-                              "length_ratio": 1.0075, "freeze_noise": True, "augment_views": 4}),
+                              "length_ratio": 0.6909, "freeze_noise": True, "augment_views": 4}),
     # stylegan2-ada-pytorch
     _sg2("ffhq", _ADA.format("ffhq"), "nvidia-pkl", 1024, "photo", "FFHQ faces, stylegan2-ada-pytorch"),
     _sg2("metfaces", _ADA.format("metfaces"), "nvidia-pkl", 1024, "painting",

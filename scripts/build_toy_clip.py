@@ -40,10 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generators.toy.augment import augment, cheap_augment, neutral_chroma, tint  # noqa: E402
 from generators.toy.captions import caption  # noqa: E402
 from generators.toy.clip_model import (TOY_CLIP_CONFIG, TOY_VIT_CONFIG, background_descent,  # noqa: E402
-                                       background_step_losses, build_model, delta_ratio, gradient_alignment,
-                                       normalise, path_losses,
-                                       tokenizer, zero_shot_domain)
-from generators.toy.render import (DEGRADATIONS, DOMAINS, RESOLUTION, STYLE_DOMAINS,  # noqa: E402
+                                       background_step_losses, build_model, content_selectivity, delta_ratio,
+                                       gradient_alignment, normalise, path_losses, tokenizer, zero_shot_domain)
+from generators.toy.render import (DEGRADATIONS, DOMAINS, RESOLUTION, SHAPES, STYLE_DOMAINS,  # noqa: E402
                                    background_lightness, degrade, render, render_dataset, sample_params)
 from ipl.atomic import atomic_path, write_json  # noqa: E402
 
@@ -133,6 +132,39 @@ def alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: 
     cos = d_img @ d_txt.T                                                               # [n, v-1, 5]
     target = torch.eye(v - 1, len(STYLE_DOMAINS) - 1)                                  # degraded row: zeros
     return (cos - target).pow(2).mean()
+
+
+def content_loss(model, tok, n: int, g: torch.Generator, rng: random.Random, margin: float = 0.1,
+                 t_min: float = 0.1) -> torch.Tensor:
+    """mean relu(margin - cos(dI, dT_X) + cos(dI', dT_X)): the change toward X scores higher when the scene
+    keeps its colour and shape than when it does not.
+
+    Each of n scenes draws a style domain X and one content change (a hue shift of 20-60 degrees either way,
+    or another shape); dI is the change from the solid render to the blend (1-t) solid + t X, dI' the same
+    toward the changed scene in X, t uniform in [t_min, 1]. Measured by `content_selectivity`: without it,
+    a green shape turning blue while it pales served "a pastel shape" as well as it staying green.
+    """
+    import dataclasses
+
+    p = sample_params(n, g)
+    pick = torch.randint(1, len(STYLE_DOMAINS), (n,), generator=g)
+    shift = (20 + 40 * torch.rand(n, generator=g)) * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    new_shape = (p.shape + torch.randint(1, len(SHAPES), (n,), generator=g)) % len(SHAPES)
+    by_hue = torch.rand(n, generator=g) < 0.5
+    q = dataclasses.replace(p, hue=torch.where(by_hue, (p.hue + shift) % 360, p.hue),
+                            shape=torch.where(by_hue, p.shape, new_shape))
+    src = render(p, "solid")
+    true = torch.stack([render(p.index([i]), STYLE_DOMAINS[k])[0] for i, k in enumerate(pick.tolist())])
+    other = torch.stack([render(q.index([i]), STYLE_DOMAINS[k])[0] for i, k in enumerate(pick.tolist())])
+    t = t_min + (1 - t_min) * torch.rand(n, 1, 1, 1, generator=g)
+    e = F.normalize(model.encode_image(normalise(torch.cat([src, src + t * (true - src), src + t * (other - src)]))),
+                    dim=-1).view(3, n, -1)
+    texts = [caption_for_direction(d, rng) for d in STYLE_DOMAINS]
+    txt = F.normalize(model.encode_text(tok(texts)), dim=-1)
+    d_txt = F.normalize(txt[1:] - txt[:1], dim=-1)[pick - 1]                               # [n, D]
+    cos_true = (F.normalize(e[1] - e[0], dim=-1) * d_txt).sum(-1)
+    cos_other = (F.normalize(e[2] - e[0], dim=-1) * d_txt).sum(-1)
+    return F.relu(margin - cos_true + cos_other).mean()
 
 
 def gradient_alignment_loss(model, tok, variants: torch.Tensor, g: torch.Generator, rng: random.Random,
@@ -266,12 +298,13 @@ def evaluate(model, tok, images, labels) -> dict:
     descent = background_descent(model, tok)
     ratio = delta_ratio(model, tok)
     grads = gradient_alignment(model, tok)
+    content = content_selectivity(model, tok)
     model.train()
     acc = (pred == labels["domain"]).float()
     per = {d: round(acc[labels["domain"] == i].mean().item(), 4) for i, d in enumerate(DOMAINS)}
     return {"zero_shot_domain_acc": round(acc.mean().item(), 4), "per_domain": per, "path_losses": paths,
             "background_steps": steps, "background_descent": descent, "delta_ratio": ratio,
-            "gradient_alignment": grads}
+            "gradient_alignment": grads, "content_selectivity": content}
 
 
 def save(model, out: Path, info: dict) -> None:
@@ -302,6 +335,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--align-weight", type=float, default=0.0,
                     help="weight of the directional alignment loss (0: off)")
     ap.add_argument("--align-batch", type=int, default=12, help="scenes per step for the alignment loss")
+    ap.add_argument("--content-weight", type=float, default=0.0,
+                    help="weight of the content loss (keep colour and shape along a direction; 0: off)")
+    ap.add_argument("--content-batch", type=int, default=12, help="scenes per step for the content loss")
+    ap.add_argument("--content-margin", type=float, default=0.1,
+                    help="lead in cos the faithful change must have over a content-changing one")
     ap.add_argument("--grad-align-weight", type=float, default=0.0,
                     help="weight of the gradient alignment loss (perceptually aligned gradients; 0: off)")
     ap.add_argument("--grad-align-batch", type=int, default=8, help="scenes per step for the gradient alignment")
@@ -336,7 +374,7 @@ def main(argv=None) -> dict:
                          "--init: the clip_config.json next to it")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "toy"))
     args = ap.parse_args(argv)
-    for name in ("tint", "bg_tint", "fare_eps", "align_weight", "grad_align_weight", "grad_align_noise",
+    for name in ("tint", "bg_tint", "fare_eps", "align_weight", "content_weight", "grad_align_weight", "grad_align_noise",
                  "grad_align_path"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {getattr(args, name)}")
@@ -420,7 +458,9 @@ def main(argv=None) -> dict:
             "interp_weight": args.interp_weight, "interp_batch": args.interp_batch,
             "interp_power": args.interp_power, "interp_from_source": args.interp_from_source,
             "interp_domains": list(interp_variants), "align_weight": args.align_weight,
-            "align_batch": args.align_batch, "grad_align_weight": args.grad_align_weight,
+            "align_batch": args.align_batch, "content_weight": args.content_weight,
+            "content_batch": args.content_batch, "content_margin": args.content_margin,
+            "grad_align_weight": args.grad_align_weight,
             "grad_align_batch": args.grad_align_batch, "grad_align_noise": args.grad_align_noise,
             "grad_align_path": args.grad_align_path,
             "photometric": args.photometric, "tint": args.tint, "bg_tint": args.bg_tint, "grey_bg": args.grey_bg,
@@ -446,7 +486,7 @@ def main(argv=None) -> dict:
             half = torch.rand(len(images), generator=g) < 0.5
             images[half] = tint(images[half], args.tint, g)
         labels = {k: v[idx] for k, v in bank_labels.items()}
-        interp = align = grad_align = torch.zeros(())
+        interp = align = content = grad_align = torch.zeros(())
         if teacher is not None:
             loss = fare_loss(model, teacher, images, 2 * args.fare_eps / 255, args.fare_steps)
         else:
@@ -472,6 +512,9 @@ def main(argv=None) -> dict:
             if args.align_weight > 0:
                 align = alignment_loss(model, tok, scene_variants(args.align_batch, g), g, rng)
                 loss = loss + args.align_weight * align
+            if args.content_weight > 0:
+                content = content_loss(model, tok, args.content_batch, g, rng, margin=args.content_margin)
+                loss = loss + args.content_weight * content
             if args.grad_align_weight > 0:
                 grad_align = gradient_alignment_loss(model, tok, scene_variants(args.grad_align_batch, g), g, rng,
                                                      noise=args.grad_align_noise, path=args.grad_align_path)
@@ -483,7 +526,7 @@ def main(argv=None) -> dict:
         step += 1
         if step % 100 == 0:
             print(f"step {step} t={time.time() - t0:.0f}s lr={lr:.2e} loss={loss.item():.4f} "
-                  f"interp={interp.item():.4f} align={align.item():.4f} grad_align={grad_align.item():.4f} "
+                  f"interp={interp.item():.4f} align={align.item():.4f} content={content.item():.4f} grad_align={grad_align.item():.4f} "
                   f"scale={model.logit_scale.exp().item():.1f}", flush=True)
         if time.time() - last_save > 240:
             ev = evaluate(model, tok, eval_images, eval_labels)

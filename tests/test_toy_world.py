@@ -405,3 +405,56 @@ def test_mined_negatives_are_captioned_by_background_lightness_and_train_the_cli
     torch.save({"images": torch.zeros(2, 3, 64, 64)}, tmp_path / "bad.pt")
     with pytest.raises(SystemExit):
         build.main(["--extra-bank", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "clip")])
+
+
+def test_content_variants_change_hue_or_shape_only():
+    from generators.toy.clip_model import CONTENT_HUE_SHIFTS, content_variants
+
+    p = sample_params(5, torch.Generator().manual_seed(4))
+    out = content_variants(p)
+    assert len(out) == len(CONTENT_HUE_SHIFTS) + 2
+    for q, dh in zip(out, CONTENT_HUE_SHIFTS):
+        assert torch.allclose((q.hue - p.hue) % 360, torch.full_like(p.hue, dh % 360), atol=1e-4)
+        assert torch.equal(q.shape, p.shape) and torch.equal(q.cx, p.cx) and torch.equal(q.size, p.size)
+    for q in out[len(CONTENT_HUE_SHIFTS):]:
+        assert (q.shape != p.shape).all() and torch.equal(q.hue, p.hue) and torch.equal(q.cy, p.cy)
+
+
+def test_content_selectivity_is_zero_for_a_clip_blind_to_content_and_the_loss_falls():
+    # A stand-in CLIP that sees only the top-left 2x2 corner (always background: shapes keep >= 2.5 px from the
+    # border and the corner is ~7 px from any shape) cannot tell a faithful change from a recoloured or reshaped
+    # one: every lead is exactly 0, so it never wins.
+    from generators.toy.clip_model import MEAN, STD, content_selectivity
+
+    class CornerClip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def encode_image(self, x):
+            rgb = (x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1))[:, :, :2, :2]
+            return torch.cat([100 * torch.ones(len(x), 1), rgb.mean((2, 3))], 1)
+
+        def encode_text(self, texts):
+            return torch.stack([torch.tensor([100.0, float(len(t)), float(t.count("a")), 1.0]) for t in texts])
+
+    class Texts(list):
+        def to(self, device):
+            return self
+
+    out = content_selectivity(CornerClip(), Texts, n=6)
+    assert set(out) == {*TARGET_TEXTS, "mean"}
+    assert all(v == {"wins": 0.0, "margin": 0.0} for v in out.values()), out
+
+    # The training loss (scripts/build_toy_clip.py --content-weight): a hinge in [0, margin + 2], lowered by a
+    # few optimiser steps of the toy CLIP architecture on a fixed draw.
+    build = _script()
+    from generators.toy.clip_model import build_model, tokenizer
+
+    torch.manual_seed(0)
+    model, tok = build_model(), tokenizer()
+    model.token_embedding.requires_grad_(False)
+    losses = _optimise(model, lambda: build.content_loss(model, tok, 4, torch.Generator().manual_seed(1),
+                                                         random.Random(2), margin=0.5))
+    assert all(0.0 <= v <= 2.5 for v in losses)
+    assert losses[-1] < 0.7 * losses[0], losses
