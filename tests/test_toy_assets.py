@@ -157,6 +157,20 @@ def test_toy_adapt_and_eval_through_the_cli(tmp_path):
     # Four small steps from a sharp source: the content survives and nothing is judged broken.
     assert judge["content_kept"] >= 0.9 and judge["diversity_kept"] >= 0.9 and judge["degraded_rate"] <= 0.05, judge
     assert 0.0 <= judge["target_rate"] <= 1.0 and 0.0 <= judge["clip_judge_agreement"] <= 1.0
+    # scripts/toy_direction_check.py on the same run (CLIP side, no judge): the faithful change toward `dark`
+    # points along NADA's direction and along IPL's per-image ones (cos ~0.9 with the shipped CLIP; a sign or
+    # pairing error gives <= 0), and after 4 prompt iterations IPL's directions are still close to NADA's.
+    from test_toy_world import _script
+
+    report = _script("toy_direction_check").main([str(out), "--n", "16", "--out", str(tmp_path / "dir.json")])
+    assert report == json.loads((tmp_path / "dir.json").read_text())
+    assert report["target_domain"] == "dark" and set(report) >= {"nada", "ipl"}
+    for name in ("nada", "ipl"):
+        assert 0.0 <= report[name]["wins"] <= 1.0 and report[name]["cos_faithful"] > 0.5, report
+    assert report["ipl"]["cos_with_nada"] > 0.8 and 0.0 <= report["ipl"]["spread"] < 0.5, report
+    with pytest.raises(SystemExit) as e:
+        _script("toy_direction_check").main([str(tmp_path)])
+    assert e.value.code == 2
 
 
 def test_toy_benchmark_script_writes_table_json_and_grids(tmp_path):
