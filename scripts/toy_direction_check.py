@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.toy.captions import domain_from_text  # noqa: E402
-from generators.toy.clip_model import content_variants  # noqa: E402
+from generators.toy.clip_model import content_lead, content_variants  # noqa: E402
 from generators.toy.render import render  # noqa: E402
 from generators.toy.source import scene_from_latent  # noqa: E402
 from ipl.errors import IPLError  # noqa: E402
@@ -34,10 +34,8 @@ from ipl.errors import IPLError  # noqa: E402
 def score(d_img_true: torch.Tensor, d_img_others: list[torch.Tensor], d_txt: torch.Tensor) -> dict:
     """wins / margin / cos_faithful of unit image changes [N, D] against unit text directions [N or 1, D]."""
     cos_true = (d_img_true * d_txt).sum(-1)
-    best_other = torch.stack([(o * d_txt).sum(-1) for o in d_img_others]).amax(0)
-    lead = cos_true - best_other
-    return {"wins": round((lead > 0).float().mean().item(), 4), "margin": round(lead.mean().item(), 4),
-            "cos_faithful": round(cos_true.mean().item(), 4)}
+    return dict(content_lead(cos_true, [(o * d_txt).sum(-1) for o in d_img_others]),
+                cos_faithful=round(cos_true.mean().item(), 4))
 
 
 @torch.no_grad()

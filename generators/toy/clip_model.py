@@ -160,6 +160,12 @@ def content_variants(p, hue_shifts: tuple[float, ...] = CONTENT_HUE_SHIFTS) -> l
     return out
 
 
+def content_lead(cos_faithful: torch.Tensor, cos_changed: list[torch.Tensor]) -> dict:
+    """`wins` (share where the faithful change has the highest cos) and `margin` (its mean lead), from [N] cosines."""
+    lead = cos_faithful - torch.stack(cos_changed).amax(0)
+    return {"wins": round((lead > 0).float().mean().item(), 4), "margin": round(lead.mean().item(), 4)}
+
+
 @torch.no_grad()
 def content_selectivity(model, tok, n: int = 64, seed: int = 0) -> dict:
     """Does the directional loss prefer keeping a scene's colour and shape? Per style domain and overall.
@@ -188,10 +194,7 @@ def content_selectivity(model, tok, n: int = 64, seed: int = 0) -> dict:
     out, wins, margins = {}, [], []
     for d, text in TARGET_TEXTS.items():
         d_txt = F.normalize(F.normalize(model.encode_text(tok([text]).to(dev)), dim=-1) - ts, dim=-1)
-        true = cos(p, d, d_txt)
-        best_other = torch.stack([cos(q, d, d_txt) for q in others]).amax(0)
-        lead = true - best_other
-        out[d] = {"wins": round((lead > 0).float().mean().item(), 4), "margin": round(lead.mean().item(), 4)}
+        out[d] = content_lead(cos(p, d, d_txt), [cos(q, d, d_txt) for q in others])
         wins.append(out[d]["wins"])
         margins.append(out[d]["margin"])
     out["mean"] = {"wins": round(sum(wins) / len(wins), 4), "margin": round(sum(margins) / len(margins), 4)}
