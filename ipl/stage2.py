@@ -134,9 +134,11 @@ class Stage2Trainer:
             c.clear_text_cache()
         with torch.no_grad():
             # NADA: one shared direction per CLIP model from the 79-template means.
-            if s.method == "nada":
-                self.nada_src = [template_features(c, source_text).reshape(1, -1) for c in self.clips]
-                self.nada_tgt = [template_features(c, target_text).reshape(1, -1) for c in self.clips]
+            # The length term's goal is set by the same template change for both methods (IPL's per-image
+            # text changes are longer or shorter than the fixed texts the ratio was measured on).
+            if s.method == "nada" or s.length_weight > 0:
+                self.template_src = [template_features(c, source_text).reshape(1, -1) for c in self.clips]
+                self.template_tgt = [template_features(c, target_text).reshape(1, -1) for c in self.clips]
             # Layer probe: raise similarity to the plain target text.
             self.probe_feats = [c.encode_texts([target_text]).reshape(1, -1) for c in self.clips]
 
@@ -144,7 +146,7 @@ class Stage2Trainer:
     def _text_features(self, k: int, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Source and target text features for CLIP model k: per image (IPL) or shared [1, D] (NADA)."""
         if self.learners is None:
-            return self.nada_src[k], self.nada_tgt[k]
+            return self.template_src[k], self.template_tgt[k]
         from ipl.prompts import prompt_features
 
         codes = self.G_s.codes(latents)
@@ -228,7 +230,8 @@ class Stage2Trainer:
         args = (src_feats.float(), tgt_feats.float(), src_txt.float(), tgt_txt.float())
         terms[f"dir_{k}"] = loss = directional_loss(*args)
         if s.length_weight > 0:
-            terms[f"len_{k}"] = length = length_loss(*args, ratio=s.length_ratio)
+            terms[f"len_{k}"] = length = length_loss(*args, ratio=s.length_ratio,
+                                                     reference=(self.template_src[k], self.template_tgt[k]))
             loss = loss + s.length_weight * length
         return self.clips[k].weight * loss
 

@@ -9,8 +9,10 @@ CLIP, it scores the text direction dT that stage 2 uses: NADA's template directi
 per-image directions T_tgt(w) - T_src(w) of the run's prompt learner. Prints (and with --out writes) JSON per
 direction: `wins` (share of latents where the faithful change has the highest cos), `margin` (its mean lead),
 `cos_faithful` (mean cos of the faithful change), and for IPL its mean cos with NADA's direction and `spread`
-(mean 1 - cos between the images' directions: 0 when the prompts describe nothing image-specific). No judge is
-involved. --clip replaces the run's CLIP spec (e.g. when the shipped toy CLIP changed since the run).
+(mean 1 - cos between the images' directions: 0 when the prompts describe nothing image-specific). When the run
+used the length term, `reach` is the faithful change's mean projection on each direction over the term's goal
+(length_ratio x the template change's length): below 1, the term asks stage 2 to go past the faithful change.
+No judge is involved. --clip replaces the run's CLIP spec (e.g. when the shipped toy CLIP changed since the run).
 """
 from __future__ import annotations
 
@@ -31,11 +33,19 @@ from generators.toy.source import scene_from_latent  # noqa: E402
 from ipl.errors import IPLError  # noqa: E402
 
 
-def score(d_img_true: torch.Tensor, d_img_others: list[torch.Tensor], d_txt: torch.Tensor) -> dict:
-    """wins / margin / cos_faithful of unit image changes [N, D] against unit text directions [N or 1, D]."""
+def score(d_img_true: torch.Tensor, d_img_others: list[torch.Tensor], d_txt: torch.Tensor,
+          along_goal: tuple[torch.Tensor, float] | None = None) -> dict:
+    """wins / margin / cos_faithful of unit image changes [N, D] against unit text directions [N or 1, D].
+
+    along_goal: (the faithful image change unnormalised [N, D], the length term's goal): adds `reach`.
+    """
     cos_true = (d_img_true * d_txt).sum(-1)
-    return dict(content_lead(cos_true, [(o * d_txt).sum(-1) for o in d_img_others]),
-                cos_faithful=round(cos_true.mean().item(), 4))
+    out = dict(content_lead(cos_true, [(o * d_txt).sum(-1) for o in d_img_others]),
+               cos_faithful=round(cos_true.mean().item(), 4))
+    if along_goal is not None:
+        change, goal = along_goal
+        out["reach"] = round(((change * d_txt).sum(-1) / goal).mean().item(), 4)
+    return out
 
 
 @torch.no_grad()
@@ -62,18 +72,24 @@ def check(run: Path, n: int = 128, seed: int = 7, clip_spec: str | None = None) 
     scene = scene_from_latent(z, c)
     f_src = F.normalize(clip.encode_images(render(scene, "solid")).float(), dim=-1)
 
-    def d_img(q):
-        return F.normalize(F.normalize(clip.encode_images(render(q, domain)).float(), dim=-1) - f_src, dim=-1)
+    def change(q):
+        return F.normalize(clip.encode_images(render(q, domain)).float(), dim=-1) - f_src
 
-    true, others = d_img(scene), [d_img(q) for q in content_variants(scene)]
-    nada = F.normalize(template_features(clip, tgt_text) - template_features(clip, src_text), dim=-1)[None]
+    faithful = change(scene)
+    true, others = F.normalize(faithful, dim=-1), [F.normalize(change(q), dim=-1) for q in content_variants(scene)]
+    d_template = (F.normalize(template_features(clip, tgt_text).float(), dim=-1)
+                  - F.normalize(template_features(clip, src_text).float(), dim=-1))
+    nada = F.normalize(d_template, dim=-1)[None]
+    # The length term's goal (ipl.losses.length_loss with the template change as reference, as stage 2 uses it).
+    ratio = settings.get("length_ratio") if settings.get("length_weight") else None
+    along_goal = (faithful, ratio * d_template.norm().item()) if ratio else None
     report = {"run": str(run), "target_domain": domain, "n": n, "seed": seed, "clip": clip_spec or settings["clip"][0],
-              "nada": score(true, others, nada)}
+              "nada": score(true, others, nada, along_goal)}
     learners = load_learners(Path(run), [clip], info.source.code_dim)
     if learners is not None:
         ipl = F.normalize(prompt_features(clip, learners[0], w, tgt_text)
                           - prompt_features(clip, learners[0], w, src_text), dim=-1)
-        report["ipl"] = dict(score(true, others, ipl), cos_with_nada=round((ipl * nada).sum(-1).mean().item(), 4),
+        report["ipl"] = dict(score(true, others, ipl, along_goal), cos_with_nada=round((ipl * nada).sum(-1).mean().item(), 4),
                              spread=round((1 - ipl @ ipl.T).mean().item(), 4))
     return report
 

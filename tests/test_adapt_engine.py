@@ -93,6 +93,31 @@ def test_length_term_is_added_logged_and_needs_a_ratio(tiny_clip):
         _trainer(tiny_clip, method="nada", layers=None, freeze_noise=True)
 
 
+def test_length_goal_is_the_template_change_for_both_methods(tiny_clip):
+    # IPL's per-image text changes have lengths of their own; the length term's goal must be the template
+    # change's (as for NADA), the length the ratio was measured on, so both methods ask for the same change.
+    from ipl.losses import length_loss
+    from ipl.templates import template_features
+
+    t_src, t_tgt = (template_features(tiny_clip, t).reshape(1, -1) for t in ("a solid shape", "a striped shape"))
+    for method in ("nada", "ipl"):
+        G, tr = _trainer(tiny_clip, method=method, layers=None, length_weight=1.0, length_ratio=0.1)
+        assert torch.equal(tr.template_src[0], t_src) and torch.equal(tr.template_tgt[0], t_tgt)
+    # The IPL trainer's own per-image prompts, and image features that moved by some random amount.
+    p_src, p_tgt = tr._text_features(0, G.sample_latents(2, generator=torch.Generator().manual_seed(1)))
+    assert p_src.shape == (2, t_src.shape[1])
+    torch.manual_seed(1)
+    src_img = torch.randn(2, t_src.shape[1])
+    tgt_img = src_img + 0.05 * torch.randn(2, t_src.shape[1])
+    terms = {}
+    loss = tr.clip_loss(0, src_img, tgt_img, p_src, p_tgt, terms)
+    want = length_loss(src_img, tgt_img, p_src, p_tgt, 0.1, reference=(t_src, t_tgt))
+    assert terms["len_0"].item() == pytest.approx(want.item(), rel=1e-6)
+    own = length_loss(src_img, tgt_img, p_src, p_tgt, 0.1).item()  # the goal from the prompts' own length
+    assert abs(terms["len_0"].item() - own) > 1e-3, (terms["len_0"].item(), own)
+    assert loss.item() == pytest.approx(tiny_clip.weight * (terms["dir_0"] + terms["len_0"]).item(), rel=1e-6)
+
+
 def test_ema_lerp_keeps_unchanged_exact():
     a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
     b.load_state_dict(a.state_dict())

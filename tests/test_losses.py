@@ -65,6 +65,17 @@ def test_length_known_answers():
     # Per-image text directions (IPL) give the same as the shared one when they are equal.
     assert length_loss(src, tgt, s_txt.expand(4, 3), t_txt.expand(4, 3), 0.1).item() == pytest.approx(
         length_loss(src, tgt, s_txt, t_txt, 0.1).item())
+    # A reference text change sets the goal's length; the direction stays the text change's own. Here the
+    # reference x -> -x is sqrt(2) times longer (|dT_ref| = 2), so the change reaching the old goal is at 1/sqrt(2).
+    ref = (torch.tensor([[1.0, 0, 0]]), torch.tensor([[-1.0, 0, 0]]))
+    got = [length_loss(src[:1], tgt[i:i + 1], s_txt, t_txt, 0.1, reference=ref).item() for i in range(4)]
+    assert got == pytest.approx([1.0, 1 - 0.5 / math.sqrt(2), 1 - 1 / math.sqrt(2), 0.0], abs=1e-5)
+    # The reference being the text change itself changes nothing; its length alone counts, not its direction.
+    assert length_loss(src, tgt, s_txt, t_txt, 0.1, reference=(s_txt, t_txt)).item() == pytest.approx(
+        length_loss(src, tgt, s_txt, t_txt, 0.1).item())
+    turned = (torch.tensor([[0, 0, 1.0]]), torch.tensor([[1.0, 0, 0]]))  # as long as dT, orthogonal to it
+    assert length_loss(src, tgt, s_txt, t_txt, 0.1, reference=turned).item() == pytest.approx(
+        length_loss(src, tgt, s_txt, t_txt, 0.1).item())
 
 
 def test_directional_finite_when_images_equal():

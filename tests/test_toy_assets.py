@@ -168,6 +168,9 @@ def test_toy_adapt_and_eval_through_the_cli(tmp_path):
     for name in ("nada", "ipl"):
         assert 0.0 <= report[name]["wins"] <= 1.0 and report[name]["cos_faithful"] > 0.5, report
     assert report["ipl"]["cos_with_nada"] > 0.8 and 0.0 <= report["ipl"]["spread"] < 0.5, report
+    # The run used the toy defaults' length term: toward `dark` the faithful change goes past its goal (reach
+    # ~1.4 on 128 latents), for both methods alike, as both are held to the template change's length.
+    assert report["nada"]["reach"] > 1.0 and abs(report["ipl"]["reach"] - report["nada"]["reach"]) < 0.1, report
     with pytest.raises(SystemExit) as e:
         _script("toy_direction_check").main([str(tmp_path)])
     assert e.value.code == 2
