@@ -72,7 +72,7 @@ def length_loss(src_img: torch.Tensor, tgt_img: torch.Tensor, src_txt: torch.Ten
     direction. This hinge asks the projection of dI (unnormalised, as in `directional_loss`) on the text
     direction to reach `ratio` times the text change's length, and stops pulling once it does. `ratio` is a
     property of the CLIP model: image embeddings of two domains lie much closer together than their texts
-    (the modality gap), e.g. about 0.09 for the toy CLIP (`generators.toy.clip_model.delta_ratio`).
+    (the modality gap), e.g. 0.69 for the shipped toy CLIP (`generators.toy.clip_model.delta_ratio`).
     `reference` = (source, target) text features of one fixed text change whose length sets the goal (dT_ref);
     default: dT itself. The stage-2 trainer passes the template texts, so that image-specific (IPL) text
     changes, whose lengths differ from the fixed texts' that `ratio` was measured on, ask for the same
@@ -86,13 +86,13 @@ def length_loss(src_img: torch.Tensor, tgt_img: torch.Tensor, src_txt: torch.Ten
         (tuple(src_txt.shape), tuple(tgt_txt.shape), tuple(src_img.shape))
     d_img = _norm(tgt_img.float(), eps) - _norm(src_img.float(), eps)
     d_txt = _norm(tgt_txt.float(), eps) - _norm(src_txt.float(), eps)
+    d_ref = d_txt
     if reference is not None:
         ref_src, ref_tgt = (t.float().reshape(-1, src_img.shape[1]) for t in reference)
         assert ref_src.shape == ref_tgt.shape and ref_src.shape[0] in (1, src_img.shape[0]), \
             (tuple(ref_src.shape), tuple(ref_tgt.shape), tuple(src_img.shape))
-        goal = ratio * (_norm(ref_tgt, eps) - _norm(ref_src, eps)).norm(dim=-1).clamp_min(eps)
-    else:
-        goal = ratio * d_txt.norm(dim=-1).clamp_min(eps)
+        d_ref = _norm(ref_tgt, eps) - _norm(ref_src, eps)
+    goal = ratio * d_ref.norm(dim=-1).clamp_min(eps)
     along = (d_img * _norm(d_txt, eps)).sum(dim=-1)
     return torch.relu(1 - along / goal).mean()
 

@@ -89,7 +89,7 @@ class Stage2Trainer:
         self.settings = s = settings
         if s.length_weight > 0 and not s.length_ratio > 0:
             raise IPLError(f"the length term (weight {s.length_weight}) needs a positive length ratio, got "
-                           f"{s.length_ratio}: pass --length-ratio (about 0.09 for the toy CLIP)")
+                           f"{s.length_ratio}: pass --length-ratio (0.69 for the shipped toy CLIP)")
         self.clips = list(clips)
         self.source_text, self.target_text = source_text, target_text
         self.device = next(source.parameters()).device
@@ -133,9 +133,9 @@ class Stage2Trainer:
         for c in self.clips:
             c.clear_text_cache()
         with torch.no_grad():
-            # NADA: one shared direction per CLIP model from the 79-template means.
-            # The length term's goal is set by the same template change for both methods (IPL's per-image
-            # text changes are longer or shorter than the fixed texts the ratio was measured on).
+            # The 79-template means: NADA's one shared direction per CLIP model, and for both methods the
+            # length term's goal (IPL's per-image text changes are longer or shorter than the fixed texts
+            # the ratio was measured on).
             if s.method == "nada" or s.length_weight > 0:
                 self.template_src = [template_features(c, source_text).reshape(1, -1) for c in self.clips]
                 self.template_tgt = [template_features(c, target_text).reshape(1, -1) for c in self.clips]

@@ -89,7 +89,8 @@ def check(run: Path, n: int = 128, seed: int = 7, clip_spec: str | None = None) 
     if learners is not None:
         ipl = F.normalize(prompt_features(clip, learners[0], w, tgt_text)
                           - prompt_features(clip, learners[0], w, src_text), dim=-1)
-        report["ipl"] = dict(score(true, others, ipl, along_goal), cos_with_nada=round((ipl * nada).sum(-1).mean().item(), 4),
+        report["ipl"] = dict(score(true, others, ipl, along_goal),
+                             cos_with_nada=round((ipl * nada).sum(-1).mean().item(), 4),
                              spread=round((1 - ipl @ ipl.T).mean().item(), 4))
     return report
 
