@@ -12,7 +12,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rebuild", action="store_true", help="ignore cached builds and recorded failures")
     parser.add_argument("--arch", default=None, help="GPU architecture to build for without a GPU, e.g. 9.0")
     args = parser.parse_args(argv)
-    from cuda_ops import _build
+    from ipl.cuda_ops import _build
 
     if args.arch or args.rebuild:
         res = _build.build(with_cuda=True, arch=args.arch, rebuild=args.rebuild)

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 try:  # User-facing error class of the ipl CLI (prints the message, exits 2); plain RuntimeError without it.
-    from ipl.errors import IPLError as _ErrorBase
+    from ipl.core.errors import IPLError as _ErrorBase
 except Exception:  # pragma: no cover - cuda_ops used on its own
     _ErrorBase = RuntimeError  # type: ignore[misc,assignment]
 

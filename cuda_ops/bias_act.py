@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from cuda_ops._build import resolve_impl
+from ipl.cuda_ops._build import resolve_impl
 
 
 @dataclass(frozen=True)

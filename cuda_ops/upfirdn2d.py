@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from cuda_ops._build import resolve_impl
+from ipl.cuda_ops._build import resolve_impl
 
 IntOrPair = Union[int, Sequence[int]]
 

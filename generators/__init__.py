@@ -1,4 +1,8 @@
-"""Image generators behind small interfaces: StyleGAN2 (three checkpoint formats), diffusion, the toy world."""
+"""Image generators as plugins (ipl.core.family.GeneratorFamily): the family table, and loading by family.
+
+Installed as `ipl.generators`. A source (registry name, file, folder) is resolved to one family once per run;
+adding a family is one folder under generators/ and one line in FAMILIES.
+"""
 from __future__ import annotations
 
 import os
@@ -7,53 +11,60 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ipl.core.errors import CheckpointError, IPLError
+from ipl.core.family import GeneratorFamily
+from ipl.core.interface import AdaptableGenerator
+from ipl.generators.diffusion.family import DiffusionFamily
+from ipl.generators.stylegan2.family import GENERATOR_FILENAMES, StyleGAN2Family, resolve_generator_file
+from ipl.generators.toy.family import ToyFamily
+
 PathLike = Union[str, os.PathLike]
 
-# File names a folder (e.g. a run folder) may hold its generator under, in order of preference.
-GENERATOR_FILENAMES = ("generator.safetensors", "G.safetensors", "generator.pt", "generator.pkl")
+# The family table (also the registry's listing order). A file or folder goes to the first family that claims it,
+# a fallback family (StyleGAN2: any file, sniffed on load) only when no other does.
+FAMILIES: tuple[GeneratorFamily, ...] = (ToyFamily(), StyleGAN2Family(), DiffusionFamily())
+
+__all__ = ["FAMILIES", "GENERATOR_FILENAMES", "family_named", "family_for_path", "load_adaptable", "load", "save",
+           "resolve_generator_file"]
+
+
+def family_named(name: str) -> GeneratorFamily:
+    """The family called `name` (SourceEntry.family)."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise IPLError(f"no generator family {name!r}; known: {', '.join(f.name for f in FAMILIES)}")
+
+
+def family_for_path(path: PathLike) -> GeneratorFamily:
+    """The first family that reads this existing file or folder; a clear error if none does."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint file or folder")
+    for family in sorted(FAMILIES, key=lambda f: f.fallback):  # stable: table order within each group
+        if family.claims(p):
+            return family
+    what = "folder has no generator file" if p.is_dir() else "not a generator file"
+    raise CheckpointError(f"{p}: {what} any family reads ({', '.join(f.name for f in FAMILIES)}): expected "
+                          "a StyleGAN2 checkpoint (.pt rosinality, .pkl NVIDIA, .safetensors ipl), a diffusers folder, "
+                          "an ipl diffusion .safetensors, or a run folder holding one")
+
+
+def load_adaptable(path_or_dir: PathLike, device: Union[str, torch.device] = "cpu") -> AdaptableGenerator:
+    """Load any supported generator file or folder (run folders included) for the trainer, by its family."""
+    return family_for_path(path_or_dir).load(Path(path_or_dir).expanduser(), device=device)
 
 
 def load(path: PathLike, device: Union[str, torch.device] = "cpu"):
-    """Load a StyleGAN2 Generator; format (rosinality .pt, NVIDIA .pkl, ipl .safetensors) detected by content.
-    A folder (e.g. a run folder) means the generator file inside it."""
-    from generators.stylegan2.checkpoints import load as _load
+    """Load a StyleGAN2 Generator network; format (rosinality .pt, NVIDIA .pkl, ipl .safetensors) detected by
+    content. A folder (e.g. a run folder) means the generator file inside it."""
+    from ipl.generators.stylegan2.checkpoints import load as _load
 
     return _load(resolve_generator_file(path), device=device)
 
 
 def save(G, path: PathLike, metadata: Optional[dict[str, Any]] = None) -> Path:
-    """Write a StyleGAN2 Generator in the project's format (safetensors + JSON config), atomically."""
-    from generators.stylegan2.checkpoints import save as _save
+    """Write a StyleGAN2 Generator network in the project's format (safetensors + JSON config), atomically."""
+    from ipl.generators.stylegan2.checkpoints import save as _save
 
     return _save(G, path, metadata)
-
-
-def resolve_generator_file(path_or_dir: PathLike) -> Path:
-    """A checkpoint file itself, or the generator file inside a folder."""
-    from ipl.errors import CheckpointError
-
-    path = Path(path_or_dir)
-    if not path.is_dir():
-        return path
-    for name in GENERATOR_FILENAMES:
-        if (path / name).is_file():
-            return path / name
-    candidates = sorted(p for ext in ("*.safetensors", "*.pt", "*.pkl") for p in path.glob(ext))
-    if len(candidates) == 1:
-        return candidates[0]
-    raise CheckpointError(f"{path}: folder has no generator file (looked for {', '.join(GENERATOR_FILENAMES)}"
-                          f"{'; several candidates: ' + ', '.join(p.name for p in candidates) if candidates else ''})")
-
-
-def load_adaptable(path_or_dir: PathLike, device: Union[str, torch.device] = "cpu"):
-    """Load any supported generator wrapped as an `ipl.interface.AdaptableGenerator`."""
-    # Diffusion hook: generators/diffusion exposes is_diffusion_checkpoint(path) and load_adaptable(path, device).
-    from generators import diffusion
-
-    probe = getattr(diffusion, "is_diffusion_checkpoint", None)
-    if probe is not None and probe(Path(path_or_dir)):
-        return diffusion.load_adaptable(path_or_dir, device=device)
-
-    from generators.stylegan2.adapter import StyleGAN2Adapter
-
-    return StyleGAN2Adapter(load(resolve_generator_file(path_or_dir), device=device))

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def train_prompts(*args, **kwargs):
-    """Stage 1: learn the image-specific prompt learners (see ipl.stage1.train_prompts)."""
-    from ipl.stage1 import train_prompts as _train_prompts
+    """Stage 1: learn the image-specific prompt learners (see ipl.method.stage1.train_prompts)."""
+    from ipl.method.stage1 import train_prompts as _train_prompts
 
     return _train_prompts(*args, **kwargs)

@@ -1,26 +1,17 @@
 """Downloads into the cache: progress bar, resume of a partial file (HTTP Range), SHA-256 record + check."""
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional, Union
 
-from ipl.errors import CheckpointError, IPLError, WeightsNotFoundError
-from ipl.registry import SourceEntry, cache_path
+from ipl.core.errors import CheckpointError, IPLError, WeightsNotFoundError
+from ipl.core.family import sha256_file
+from ipl.registry import SourceEntry, cache_path, family_of
 
 CHUNK = 1 << 20
-
-
-def sha256_file(path: Union[str, Path], chunk: int = CHUNK) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
@@ -52,7 +43,7 @@ def download(url: str, dest: Union[str, Path], expected_sha256: Optional[str] = 
     The finished file appears at `dest` only once complete (rename from .part) and its hash is
     written to `dest.sha256`; later uses are checked against that record.
     """
-    from ipl.atomic import write_text
+    from ipl.core.atomic import write_text
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -122,10 +113,9 @@ def _offline_message(url: str, dest: Path, why: str) -> str:
 
 def ensure_source(entry: SourceEntry, allow_download: bool = True, progress: bool = True) -> tuple[Path, str]:
     """Local path and SHA-256 of a registry entry's checkpoint, downloading it if allowed and needed."""
-    if entry.format == "diffusers":  # a folder / Hugging Face snapshot: generators/diffusion resolves it
-        from generators.diffusion import resolve
-
-        return resolve(entry.name, allow_download=allow_download and not os.environ.get("IPL_OFFLINE"))
+    located = family_of(entry).locate(entry.name, allow_download and not os.environ.get("IPL_OFFLINE"))
+    if located is not None:  # a family that keeps its sources itself (e.g. Hugging Face snapshots)
+        return located
     if not entry.readable:
         raise IPLError(f"source {entry.name!r} is a {entry.format} file, which ipl cannot read yet; "
                        "choose another source (see `ipl models list`)")
@@ -133,7 +123,7 @@ def ensure_source(entry: SourceEntry, allow_download: bool = True, progress: boo
     if not path.is_file():
         if entry.url is None:
             raise WeightsNotFoundError(f"the shipped file for source {entry.name!r} is missing: expected "
-                                       f"{path}. Reinstall ipl or rebuild it (scripts/build_toy_*.py).")
+                                       f"{path}. Reinstall ipl (it ships as package data) or rebuild it (scripts/toy/build_toy_*.py).")
         if not allow_download or os.environ.get("IPL_OFFLINE"):
             raise WeightsNotFoundError(
                 f"source {entry.name!r} is not in the cache. Download {entry.url} and place it at exactly "

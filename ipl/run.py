@@ -23,10 +23,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ipl.atomic import torch_save, write_json
-from ipl.config import AdaptConfig, parse_layers, slugify
-from ipl.errors import IPLError
-from ipl.interface import AdaptableGenerator
+from ipl import generators
+from ipl.core.atomic import torch_save, write_json
+from ipl.core.config import AdaptConfig, parse_layers, slugify
+from ipl.core.errors import IPLError
+from ipl.core.interface import AdaptableGenerator
 from ipl.registry import SourceEntry, get_source, is_registry_name, source_for_file
 
 CONFIG = "config.json"
@@ -55,19 +56,20 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_source(source: str, allow_download: bool = True, progress: bool = True
                    ) -> tuple[Path, str, Optional[SourceEntry]]:
-    """Checkpoint path, its SHA-256, and its registry entry (None for a user file)."""
-    from ipl.download import ensure_source, sha256_file
-    from generators.diffusion import is_diffusion_source, resolve as resolve_diffusion
+    """Checkpoint path, its fingerprint (SHA-256), and its registry entry (None for a user file or folder)."""
+    from ipl.download import ensure_source
 
-    if is_diffusion_source(source):  # diffusers folders, HF repo ids, toy-ddpm: see generators/diffusion
-        path, digest = resolve_diffusion(source, allow_download=allow_download)
-        return path, digest, get_source(source) if is_registry_name(source) else None
-    if Path(source).expanduser().is_file():
+    if Path(source).expanduser().exists():
         path = Path(source).expanduser().resolve()
-        return path, sha256_file(path), None
+        return path, generators.family_for_path(path).fingerprint(path), None
     if is_registry_name(source):
-        path, digest = ensure_source(get_source(source), allow_download=allow_download, progress=progress)
-        return path, digest, get_source(source)
+        entry = get_source(source)
+        path, digest = ensure_source(entry, allow_download=allow_download, progress=progress)
+        return path, digest, entry
+    for family in generators.FAMILIES:  # names a family finds itself (e.g. Hugging Face repo ids)
+        if family.claims_name(source):
+            path, digest = family.locate(source, allow_download)
+            return path, digest, None
     if any(ch in source for ch in "/\\") or Path(source).suffix:
         raise IPLError(f"--source {source!r}: no such checkpoint file. Pass an existing .pt/.pkl/.safetensors "
                        "path or a registry name (see `ipl models list`).")
@@ -150,7 +152,7 @@ class JsonlLog:
             if rec.get("stage") == 2 and int(rec.get("it", 0)) > stage2_iteration:
                 continue
             keep.append(line)
-        from ipl.atomic import write_text
+        from ipl.core.atomic import write_text
 
         write_text(self.path, "".join(k + "\n" for k in keep))
 
@@ -175,15 +177,14 @@ class Resources:
     def generator(self, path: Path, device: torch.device) -> AdaptableGenerator:
         key = (str(path), str(device))
         if key not in self.generators:
-            import generators
-
+            from ipl import generators
             self.generators[key] = generators.load_adaptable(str(path), device=str(device))
         return self.generators[key]
 
     def clip_models(self, specs: Sequence[str], device: torch.device) -> list:
         key = (tuple(specs), str(device))
         if key not in self.clips:
-            from ipl.clip import load_clips
+            from ipl.method.clip import load_clips
 
             self.clips[key] = load_clips(list(specs), device=str(device))
         return self.clips[key]
@@ -214,7 +215,7 @@ def prepare(cfg: AdaptConfig, resume: bool = False, force: bool = False,
 def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progress: bool = True,
               resources: Optional[Resources] = None, prepared: Optional[dict[str, Any]] = None) -> Path:
     """Run (or resume) one adaptation; returns the run folder."""
-    from ipl.stage2 import NonFiniteLossError, Stage2Settings, Stage2Trainer, autocast_factory
+    from ipl.method.stage2 import NonFiniteLossError, Stage2Settings, Stage2Trainer, autocast_factory
 
     facts = prepared or prepare(cfg, resume=resume, force=force, progress=progress)
     res = resources or Resources()
@@ -226,13 +227,10 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
     source = res.generator(facts["source_path"], device)
     entry: SourceEntry = facts["entry"] or source_for_file(str(facts["source_path"]), source.resolution)
     clips = res.clip_models(cfg.clip, device)
-    if getattr(cfg, "diffusion", None) and not hasattr(source, "configure"):
-        raise IPLError("--diffusion / --source-images apply to diffusion sources only; drop them for this source")
-    if getattr(cfg, "freeze_noise", False) and not hasattr(source, "noise_parameters"):
+    if cfg.freeze_noise and not source.noise_parameters():
         raise IPLError("--freeze-noise: this generator has no noise inputs (StyleGAN2 sources only); drop the flag")
-    if hasattr(source, "configure"):  # diffusion: per-run options, and the run's first CLIP makes the codes
-        source.configure(getattr(cfg, "diffusion", None))
-        source.set_code_encoder(clips[0])
+    source.configure(cfg.diffusion)  # per-run options of the family (refused by families without any)
+    source.set_code_encoder(clips[0])  # diffusion: the run's first CLIP makes the codes
     source_text = cfg.source_text if cfg.source_text is not None else entry.source_text
     if " ".join(source_text.lower().split()).strip(" .") == " ".join(cfg.target_text.lower().split()).strip(" ."):
         raise IPLError(f"source text and target text are the same ({source_text!r}); choose another --target")
@@ -291,14 +289,8 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
         save_learners(out, learners, clips, cfg)
 
     # Stage 2.
-    settings = Stage2Settings(method=cfg.method, iters=cfg.iters, batch=cfg.batch, lr=cfg.lr, beta1=cfg.beta1,
-                              beta2=cfg.beta2, ema_decay=cfg.ema_decay, layers=layers,
-                              layer_batch=cfg.layer_batch, layer_lr=cfg.layer_lr, layer_every=cfg.layer_every,
-                              augment_views=cfg.augment_views, length_weight=cfg.length_weight,
-                              length_ratio=cfg.length_ratio or 0.0, freeze_noise=cfg.freeze_noise,
-                              truncation=truncation,
-                              precision=cfg.precision, seed=cfg.seed)
-    trainer_cls = getattr(source, "stage2_trainer", None) or Stage2Trainer  # diffusion: optional lean trainer
+    settings = Stage2Settings.from_config(cfg, layers=layers, truncation=truncation)
+    trainer_cls = source.stage2_trainer or Stage2Trainer  # diffusion: its lean trainer when asked
     trainer = trainer_cls(source, clips, source_text, cfg.target_text, learners, settings)
     if resumed_state is not None:
         trainer.load_state_dict(resumed_state["trainer"])
@@ -354,8 +346,8 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
 
 def run_stage1(cfg: AdaptConfig, source: AdaptableGenerator, clips: list, source_text: str, truncation: float,
                autocast, log: JsonlLog, progress: bool) -> list:
-    """Stage 1 through ipl.stage1.train_prompts; each history record goes to the log."""
-    from ipl.stage1 import train_prompts
+    """Stage 1 through ipl.method.stage1.train_prompts; each history record goes to the log."""
+    from ipl.method.stage1 import train_prompts
 
     t0 = time.perf_counter()
     with autocast():
@@ -364,7 +356,7 @@ def run_stage1(cfg: AdaptConfig, source: AdaptableGenerator, clips: list, source
                                lambda_src=cfg.lambda_src, truncation=truncation, seed=cfg.seed,
                                progress=progress)
     elapsed = time.perf_counter() - t0
-    from ipl.stage2 import memory_mb
+    from ipl.method.stage2 import memory_mb
 
     device = next(source.parameters()).device
     mem = memory_mb(device)
@@ -386,7 +378,7 @@ def save_learners(out: Path, learners: list, clips: list, cfg: AdaptConfig) -> N
     """prompts/learner_K.safetensors (weights) + prompts/learners.json (how to rebuild them)."""
     from safetensors.torch import save_file
 
-    from ipl.atomic import atomic_path
+    from ipl.core.atomic import atomic_path
 
     folder = out / "prompts"
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,7 +398,7 @@ def load_learners(out: Path, clips: list, code_dim: int) -> Optional[list]:
         return None
     from safetensors.torch import load_file
 
-    from ipl.prompts import PromptLearner
+    from ipl.method.prompts import PromptLearner
 
     index = json.loads(index_path.read_text(encoding="utf-8"))["learners"]
     if len(index) != len(clips):
@@ -424,7 +416,7 @@ def save_checkpoint(out: Path, trainer) -> None:
     """Atomically write the resumable state; refuses to save non-finite weights."""
     for p in trainer.G_t.parameters():
         if not torch.isfinite(p).all():
-            from ipl.stage2 import NonFiniteLossError
+            from ipl.method.stage2 import NonFiniteLossError
 
             raise NonFiniteLossError(f"stage 2 iteration {trainer.iteration}: the generator weights became "
                                      f"NaN/inf; the last good checkpoint {out / CHECKPOINT} is kept.")
@@ -465,7 +457,7 @@ def render_batched(generator: AdaptableGenerator, latents: torch.Tensor, batch: 
 
 def save_samples(path: Path, source_row: torch.Tensor, adapted: AdaptableGenerator, latents: torch.Tensor) -> None:
     """Grid: source row over adapted row, same latents."""
-    from ipl.images import save_grid
+    from ipl.core.images import save_grid
 
     save_grid([source_row, render_batched(adapted, latents)], str(path))
 
@@ -495,8 +487,7 @@ class RunInfo:
 
 def load_run(run_dir, device: str = "cpu") -> RunInfo:
     """Load a run folder's source and adapted generators (so `ipl sample RUN` / `ipl eval RUN` work)."""
-    import generators
-
+    from ipl import generators
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise IPLError(f"{run_dir} is not an ipl run folder (no {CONFIG}); pass a folder written by `ipl adapt`")
@@ -514,11 +505,9 @@ def load_run(run_dir, device: str = "cpu") -> RunInfo:
             raise IPLError(f"the source checkpoint of run {run_dir} is gone: {source_path}. Put it back there.")
         source_path, _, _ = resolve_source(config["settings"]["source"], allow_download=False)
     source = generators.load_adaptable(str(source_path), device=device)
-    if hasattr(source, "configure"):  # diffusion: the run's --diffusion options (t0, pool) shape the source too
-        source.configure(config["settings"].get("diffusion"))
+    source.configure(config["settings"].get("diffusion"))  # diffusion: the run's options (t0, pool) shape it
     adapted = generators.load_adaptable(str(run_dir / GENERATOR), device=device)
-    if hasattr(adapted, "attach_source"):  # diffusion: latents are the source model's inversions
-        adapted.attach_source(source)
+    adapted.attach_source(source)  # diffusion: latents are the source model's inversions
     if entry is None:
         entry = source_for_file(str(source_path), source.resolution)
     return RunInfo(run_dir=run_dir, config=config, source=source, adapted=adapted, entry=entry,

@@ -26,8 +26,8 @@ from bench_common import peak_mb, reset_peak, sync  # noqa: E402
 
 
 def _generator(args, device: torch.device):
-    from generators.stylegan2.adapter import StyleGAN2Adapter
-    from generators.stylegan2.network import Generator
+    from ipl.generators.stylegan2.adapter import StyleGAN2Adapter
+    from ipl.generators.stylegan2.network import Generator
 
     torch.manual_seed(0)
     if args.full:
@@ -39,8 +39,8 @@ def _generator(args, device: torch.device):
 
 def run_candidate(name: str, precision: str, impl: str, G, clips, args, device) -> dict:
     """Time stage 1 and stage 2 for one (precision, ops implementation)."""
-    from ipl.stage1 import train_prompts
-    from ipl.stage2 import Stage2Settings, Stage2Trainer, autocast_factory
+    from ipl.method.stage1 import train_prompts
+    from ipl.method.stage2 import Stage2Settings, Stage2Trainer, autocast_factory
 
     if hasattr(G.G, "set_impl"):
         G.G.set_impl(impl)
@@ -108,14 +108,14 @@ def main(argv: list[str]) -> dict:
     args.batch_prompt = args.batch_prompt or (32 if args.full else 4)
     args.iters = args.iters or (10 if args.full else 2)
     if args.layers is None:
-        from ipl.config import default_layers
+        from ipl.core.config import default_layers
 
         args.layers = default_layers(args.resolution)
     precisions = args.precisions.split(",")
     impls = args.impls.split(",") if args.impls else ["ref" if pr == "fp32" else "auto" for pr in precisions]
     assert len(impls) == len(precisions), "--impls needs one entry per precision"
 
-    from ipl.clip import load_clip
+    from ipl.method.clip import load_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-weights warning: this is timing only

@@ -32,7 +32,7 @@ TINY_CLIP = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "wid
 
 
 def unet_config(quick: bool) -> dict:
-    from generators.diffusion.checkpoint import CELEBAHQ_UNET_CONFIG
+    from ipl.generators.diffusion.checkpoint import CELEBAHQ_UNET_CONFIG
 
     cfg = dict(CELEBAHQ_UNET_CONFIG)
     if quick:
@@ -43,7 +43,7 @@ def unet_config(quick: bool) -> dict:
 def load_clip_for(spec: str, quick: bool, device: torch.device):
     import warnings
 
-    from ipl.clip import RandomWeightsWarning, load_clip
+    from ipl.method.clip import RandomWeightsWarning, load_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: random weights are expected
@@ -55,8 +55,8 @@ def load_clip_for(spec: str, quick: bool, device: torch.device):
 
 
 def run_mode(mode: str, source, clips, args, device: torch.device) -> dict:
-    from generators.diffusion.train import LeanStage2Trainer
-    from ipl.stage2 import Stage2Settings, Stage2Trainer
+    from ipl.generators.diffusion.train import LeanStage2Trainer
+    from ipl.method.stage2 import Stage2Settings, Stage2Trainer
 
     source.config.lean = mode == "lean"
     source.config.checkpointing = mode == "chain_ckpt"
@@ -96,8 +96,8 @@ def main(argv: list[str]) -> dict:
                     help="CPU threads (default 1: several threads on a busy 2-core machine are far slower)")
     args = ap.parse_args(argv)
 
-    from generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, SourcePool
-    from generators.diffusion.checkpoint import DDPM_SCHEDULER_CONFIG, make_unet
+    from ipl.generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, SourcePool
+    from ipl.generators.diffusion.checkpoint import DDPM_SCHEDULER_CONFIG, make_unet
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> dict:
                 if "peak_mem_mb" in modes[m] and "peak_mem_mb" in modes["chain"]:
                     modes[m]["mem_vs_chain"] = round(modes[m]["peak_mem_mb"] / modes["chain"]["peak_mem_mb"], 3)
     if device.type != "cuda":
-        from ipl.stage2 import memory_mb
+        from ipl.method.stage2 import memory_mb
 
         result["process_peak_rss_mb"] = memory_mb(device)
     return result

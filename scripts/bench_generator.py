@@ -24,7 +24,7 @@ from bench_common import peak_mb, reset_peak, sync  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generators.stylegan2.network import Generator  # noqa: E402
+from ipl.generators.stylegan2.network import Generator  # noqa: E402
 
 
 def _time(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> tuple[float, float]:

@@ -21,8 +21,8 @@ from bench_common import sync  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cuda_ops  # noqa: E402
-from cuda_ops import _build  # noqa: E402
+from ipl import cuda_ops  # noqa: E402
+from ipl.cuda_ops import _build  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -125,9 +125,9 @@ def bench_ops(device, dtype, batch, scale, candidates, iters, warmup) -> dict:
 def bench_generator(device, dtype, batch, resolution, candidates, iters, warmup) -> dict:
     """Synthesis forward + backward (to the weights) of a config-f generator with random weights."""
     try:
-        from generators.stylegan2 import Generator
+        from ipl.generators.stylegan2 import Generator
     except Exception as exc:  # the network lives in another part of the project
-        return {"skipped": f"generators.stylegan2 unavailable: {exc}"}
+        return {"skipped": f"ipl.generators.stylegan2 unavailable: {exc}"}
     torch.manual_seed(0)
     G = Generator(img_resolution=resolution).to(device)
     G.requires_grad_(True)

@@ -1,7 +1,7 @@
 """Stage-1 (prompt learning) step time, side by side: `python scripts/bench_stage1.py [--clip ViT-B-32:none]`.
 
 Candidates, measured in one run on the same inputs:
-- ipl:        ipl.stage1 as shipped (fixed texts cached, text path cropped after the last pooled token);
+- ipl:        ipl.method.stage1 as shipped (fixed texts cached, text path cropped after the last pooled token);
 - no_crop:    the spliced text path over the full context (77 tokens for ViT-B-32);
 - no_cache:   fixed texts (2 residual prompts + 79 templates) re-encoded every step, as the reference code does.
 The generator is a fake (a random linear map to 16 px, upsampled to --resolution): it costs next to nothing, so
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ipl.interface import AdaptableGenerator  # noqa: E402
+from ipl.core.interface import AdaptableGenerator  # noqa: E402
 
 
 class FakeGenerator(AdaptableGenerator):
@@ -52,8 +52,8 @@ class FakeGenerator(AdaptableGenerator):
 
 
 def _time_candidate(name: str, G, clips, args) -> dict:
-    import ipl.prompts as prompts
-    from ipl.stage1 import train_prompts
+    import ipl.method.prompts as prompts
+    from ipl.method.stage1 import train_prompts
 
     real_len = prompts._pooled_length
     callback = None
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ipl.clip import load_clips
+    from ipl.method.clip import load_clips
 
     specs = args.clip or ["ViT-B-32:none"]
     with warnings.catch_warnings(record=True) as caught:

@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import generators
-from generators.stylegan2.network import Generator
-from ipl.cli import cli
+from ipl import generators
+from ipl.generators.stylegan2.network import Generator
+from ipl.commands.cli import cli
 from ipl.download import sha256_file
-from ipl.errors import IPLError
+from ipl.core.errors import IPLError
 from tiny_clip import write_tiny_clip_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_whole_command_writes_a_trustworthy_run(world, tmp_path):
     assert (out / "checkpoint.pt").is_file()
 
     # Adapted weights changed only in the layers that were unfrozen at some step.
-    from generators.stylegan2.adapter import StyleGAN2Adapter
+    from ipl.generators.stylegan2.adapter import StyleGAN2Adapter
     src = generators.load(world["gen"])
     ada = generators.load(out / "generator.safetensors")
     unfrozen = {i for r in s2 for i in r["layers"]}
@@ -96,7 +96,7 @@ def test_whole_command_writes_a_trustworthy_run(world, tmp_path):
             assert torch.equal(p_a, p_s), f"b{block_a.resolution}.torgb changed"
 
     # The source row of the final grid is exactly the source generator's output at the saved latents.
-    from ipl.images import make_grid
+    from ipl.core.images import make_grid
     latents = torch.load(out / "samples" / "latents.pt")
     with torch.no_grad():
         src_imgs = StyleGAN2Adapter(src).render(latents)
@@ -174,7 +174,7 @@ def test_existing_run_is_not_overwritten(world, tmp_path):
 
 
 def test_console_script_exit_code_and_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ipl.cli", "adapt", "--source", "nope", "--target", "x",
+    proc = subprocess.run([sys.executable, "-m", "ipl.commands.cli", "adapt", "--source", "nope", "--target", "x",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "unknown source model 'nope'" in proc.stderr and "ffhq" in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from ipl.ema import EMA
-from ipl.errors import IPLError
-from ipl.prompts import PromptLearner
-from ipl.stage2 import NonFiniteLossError, Stage2Settings, Stage2Trainer
+from ipl.method.ema import EMA
+from ipl.core.errors import IPLError
+from ipl.method.prompts import PromptLearner
+from ipl.method.stage2 import NonFiniteLossError, Stage2Settings, Stage2Trainer
 from test_adapt_fakes import FakeLayeredGenerator
 from tiny_clip import tiny_clip  # noqa: F401  (fixture)
 
@@ -96,8 +96,8 @@ def test_length_term_is_added_logged_and_needs_a_ratio(tiny_clip):
 def test_length_goal_is_the_template_change_for_both_methods(tiny_clip):
     # IPL's per-image text changes have lengths of their own; the length term's goal must be the template
     # change's (as for NADA), the length the ratio was measured on, so both methods ask for the same change.
-    from ipl.losses import length_loss
-    from ipl.templates import template_features
+    from ipl.method.losses import length_loss
+    from ipl.method.templates import template_features
 
     t_src, t_tgt = (template_features(tiny_clip, t).reshape(1, -1) for t in ("a solid shape", "a striped shape"))
     for method in ("nada", "ipl"):
@@ -130,7 +130,7 @@ def test_ema_lerp_keeps_unchanged_exact():
 
 
 def test_layer_every_reuses_the_probe(tiny_clip, monkeypatch):
-    import ipl.stage2 as stage2
+    import ipl.method.stage2 as stage2
     calls = []
     real = stage2.select_layers
     monkeypatch.setattr(stage2, "select_layers", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipl.interface import AdaptableGenerator
+from ipl.core.interface import AdaptableGenerator
 
 
 class FakeLayeredGenerator(AdaptableGenerator):
@@ -62,6 +62,6 @@ class FakeLayeredGenerator(AdaptableGenerator):
         return [p for i in range(self.n_layers) for p in self.layer_parameters(i)]
 
     def save(self, path: str, metadata: Optional[dict[str, Any]] = None) -> None:
-        from ipl.atomic import torch_save
+        from ipl.core.atomic import torch_save
 
         torch_save({"state": self.state_dict(), "metadata": metadata}, path)

@@ -3,9 +3,9 @@ import math
 
 import torch
 
-from ipl.augment import paired_views
-from ipl.prompts import PromptLearner
-from ipl.stage2 import Stage2Settings, Stage2Trainer
+from ipl.method.augment import paired_views
+from ipl.method.prompts import PromptLearner
+from ipl.method.stage2 import Stage2Settings, Stage2Trainer
 from test_adapt_fakes import FakeLayeredGenerator
 from tiny_clip import tiny_clip  # noqa: F401  (fixture)
 

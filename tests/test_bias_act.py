@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cuda_ops import bias_act
-from cuda_ops.bias_act import ACT_IDS, bias_act_kernel, bias_act_math, bias_act_ref
+from ipl.cuda_ops import bias_act
+from ipl.cuda_ops.bias_act import ACT_IDS, bias_act_kernel, bias_act_math, bias_act_ref
 
 SQRT2 = math.sqrt(2)
 # name -> (function of (z, alpha), default alpha, default gain), written out from the definitions.

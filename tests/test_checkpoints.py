@@ -11,9 +11,9 @@ import types
 import pytest
 import torch
 
-import generators
-from generators.stylegan2.checkpoints import sniff_format
-from ipl.errors import CheckpointError, IPLError, UnsafePickleError
+from ipl import generators
+from ipl.generators.stylegan2.checkpoints import sniff_format
+from ipl.core.errors import CheckpointError, IPLError, UnsafePickleError
 
 
 # --- malicious payloads -------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipl import clip as clipmod
-from ipl.clip import ClipSpec, RandomWeightsWarning, load_clip, load_clips, parse_clip_spec
-from ipl.errors import CheckpointError, IPLError, WeightsNotFoundError
+from ipl.method import clip as clipmod
+from ipl.method.clip import ClipSpec, RandomWeightsWarning, load_clip, load_clips, parse_clip_spec
+from ipl.core.errors import CheckpointError, IPLError, WeightsNotFoundError
 from tiny_clip import TINY_CLIP_CONFIG, make_tiny_clip, tiny_clip, write_tiny_clip_files  # noqa: F401
 
 

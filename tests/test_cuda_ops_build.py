@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import cuda_ops
-from cuda_ops import _build
-from cuda_ops.bias_act import ACT_IDS, bias_act_kernel, bias_act_math, bias_act_ref
-from cuda_ops.upfirdn2d import upfirdn2d_kernel, upfirdn2d_ref
+from ipl import cuda_ops
+from ipl.cuda_ops import _build
+from ipl.cuda_ops.bias_act import ACT_IDS, bias_act_kernel, bias_act_math, bias_act_ref
+from ipl.cuda_ops.upfirdn2d import upfirdn2d_kernel, upfirdn2d_ref
 
 _USER_CACHE = os.environ.get("IPL_CUDA_OPS_CACHE")  # the real build goes where the user keeps it
 
@@ -130,7 +130,7 @@ def test_missing_toolchain_gives_reason(monkeypatch):
 
 
 def test_status_command_prints_json(capsys):
-    from cuda_ops.__main__ import main
+    from ipl.cuda_ops.__main__ import main
 
     assert main([]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -246,7 +246,7 @@ def test_compiled_upfirdn2d_maths_on_host(compiled):
 @pytest.mark.cuda_build
 def test_concurrent_first_use_shares_one_build(compiled, tmp_path):
     """Two processes asking for the same build at once: one compiles, the other waits and loads it."""
-    code = ("import json, sys; from cuda_ops import _build; r = _build.build(with_cuda=True, arch='9.0'); "
+    code = ("import json, sys; from ipl.cuda_ops import _build; r = _build.build(with_cuda=True, arch='9.0'); "
             "print(json.dumps([r.available, r.cached, r.reason]))")
     # Seed the fresh cache with a copy of the finished build minus its marker, so the race is on the lock
     # and the marker rather than on minutes of compilation (ninja finds the objects up to date).
@@ -264,10 +264,10 @@ def test_concurrent_first_use_shares_one_build(compiled, tmp_path):
 def test_stylegan2_generator_through_compiled_kernels(compiled, monkeypatch):
     """The generator's real calls (paddings, gains, clamps, dtypes) through the CUDA-path wrappers and the
     compiled kernel maths give the reference's images and gradients."""
-    from generators.stylegan2 import Generator
+    from ipl.generators.stylegan2 import Generator
 
     # (the package's `bias_act` / `upfirdn2d` attributes are the functions; the modules live in sys.modules)
-    ba, ud = sys.modules["cuda_ops.bias_act"], sys.modules["cuda_ops.upfirdn2d"]
+    ba, ud = sys.modules["ipl.cuda_ops.bias_act"], sys.modules["ipl.cuda_ops.upfirdn2d"]
 
     torch.manual_seed(0)
     G = Generator(z_dim=16, w_dim=16, img_resolution=16, channel_base=256, channel_max=16, conv_clamp=0.5)

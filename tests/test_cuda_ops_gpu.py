@@ -6,9 +6,9 @@ import itertools
 import pytest
 import torch
 
-from cuda_ops import bias_act, build_status, downsample2d, setup_filter, upfirdn2d, upsample2d
-from cuda_ops.bias_act import ACT_IDS, bias_act_ref
-from cuda_ops.upfirdn2d import upfirdn2d_ref
+from ipl.cuda_ops import bias_act, build_status, downsample2d, setup_filter, upfirdn2d, upsample2d
+from ipl.cuda_ops.bias_act import ACT_IDS, bias_act_ref
+from ipl.cuda_ops.upfirdn2d import upfirdn2d_ref
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

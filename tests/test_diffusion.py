@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from generators import diffusion
-from generators.diffusion import ddim
-from generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, read_image_folder
-from generators.diffusion.checkpoint import DDPM_SCHEDULER_CONFIG, make_scheduler
-from ipl.errors import CheckpointError, IPLError, WeightsNotFoundError
+from ipl.generators import diffusion
+from ipl.generators.diffusion import ddim
+from ipl.generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, read_image_folder
+from ipl.generators.diffusion.checkpoint import DDPM_SCHEDULER_CONFIG, make_scheduler
+from ipl.core.errors import CheckpointError, IPLError, WeightsNotFoundError
 
 # A diffusers-test-sized UNet, shrunk further to 16 px so a 100-call loop takes a few seconds on one core.
 TINY_UNET = dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
@@ -165,7 +165,10 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "generator.safetensors"
     a.save(str(path), metadata={"ipl": {"target_text": "x"}})
     assert diffusion.is_diffusion_checkpoint(path) and diffusion.is_diffusion_checkpoint(tmp_path)
-    b = diffusion.load_adaptable(tmp_path)
+    from ipl import generators
+
+    b = generators.load_adaptable(tmp_path)
+    assert type(b).__name__ == "DiffusionAdapter"
     assert b.role == "adapted" and b.config == a.config
     assert b.metadata["ipl"]["target_text"] == "x"
     for (n, p), (_, q) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
@@ -205,7 +208,7 @@ def test_bad_inputs(tmp_path, monkeypatch):
         diffusion.load("ddpm-church")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a diffusers UNet2DModel folder"):
-        from generators.diffusion.checkpoint import load_diffusers_folder
+        from ipl.generators.diffusion.checkpoint import load_diffusers_folder
 
         load_diffusers_folder(tmp_path / "empty")
     with pytest.raises(IPLError, match="not a registry name"):
@@ -224,6 +227,6 @@ def test_bad_inputs(tmp_path, monkeypatch):
     save_file({"a": torch.zeros(1)}, str(bad))
     assert not diffusion.is_diffusion_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not an ipl diffusion model"):
-        from generators.diffusion.checkpoint import load_file
+        from ipl.generators.diffusion.checkpoint import load_file
 
         load_file(bad)

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from generators import diffusion
-from ipl.cli import cli
-from ipl.stage2 import Stage2Trainer
+from ipl.generators import diffusion
+from ipl.commands.cli import cli
+from ipl.method.stage2 import Stage2Trainer
 from test_diffusion import tiny_unet
 from tiny_clip import write_tiny_clip_files
 
@@ -76,9 +76,10 @@ def test_adapt_diffusers_folder_end_to_end_and_resume(world, tmp_path, monkeypat
     # Sampling the run: from noise (source over adapted) and editing real images (input over result).
     from PIL import Image
 
-    from generators.diffusion.sampling import command as sample_command, edit_images
+    from ipl.commands.cli import cli
+    from ipl.generators.diffusion.sampling import edit_images
 
-    res = CliRunner().invoke(sample_command, [str(out), "--n", "2", "--steps", "3", "--source-too",
+    res = CliRunner().invoke(cli, ["sample", str(out), "--n", "2", "--steps", "3", "--source-too",
                                               "--out", str(tmp_path / "grid.png"), "--outdir", str(tmp_path / "s")])
     assert res.exit_code == 0, (res.output, res.exception)
     assert Image.open(tmp_path / "grid.png").size[1] > Image.open(tmp_path / "grid.png").size[0] / 2
@@ -86,7 +87,7 @@ def test_adapt_diffusers_folder_end_to_end_and_resume(world, tmp_path, monkeypat
     (tmp_path / "real").mkdir()
     for i in range(2):
         Image.new("RGB", (16, 16), (200, 40 * i, 10)).save(tmp_path / "real" / f"{i}.png")
-    res = CliRunner().invoke(sample_command, [str(out), "--edit", str(tmp_path / "real"),
+    res = CliRunner().invoke(cli, ["sample", str(out), "--edit", str(tmp_path / "real"),
                                               "--outdir", str(tmp_path / "e")])
     assert res.exit_code == 0, (res.output, res.exception)
     assert len(list((tmp_path / "e" / "edited").iterdir())) == 2

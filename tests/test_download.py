@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ipl.download import download, ensure_source, recorded_sha256, sha256_file, verify
-from ipl.errors import CheckpointError, WeightsNotFoundError
+from ipl.core.errors import CheckpointError, WeightsNotFoundError
 from ipl.registry import SourceEntry
 
 PAYLOAD = bytes(range(256)) * 4000 + b"tail"  # ~1 MB, several chunks
@@ -75,7 +75,7 @@ def test_wrong_sha_is_refused_and_part_removed(server, tmp_path):
 
 def test_recorded_sha_detects_later_corruption(server, tmp_path, monkeypatch):
     monkeypatch.setenv("IPL_HOME", str(tmp_path / "home"))
-    entry = SourceEntry(name="fake", url=server, format="nvidia-pkl", resolution=64, source_text="photo",
+    entry = SourceEntry(name="fake", family="stylegan2", url=server, format="nvidia-pkl", resolution=64, source_text="photo",
                         layers=6, filename="fake.pkl")
     path, digest = ensure_source(entry, progress=False)
     assert path == tmp_path / "home" / "models" / "fake.pkl" and digest == sha256_file(path)
@@ -89,7 +89,7 @@ def test_recorded_sha_detects_later_corruption(server, tmp_path, monkeypatch):
 def test_offline_error_names_url_and_path(tmp_path, monkeypatch):
     monkeypatch.setenv("IPL_HOME", str(tmp_path / "home"))
     url = "http://127.0.0.1:9/nothing.pkl"  # discard port: connection refused, never leaves the machine
-    entry = SourceEntry(name="gone", url=url, format="nvidia-pkl", resolution=64, source_text="photo",
+    entry = SourceEntry(name="gone", family="stylegan2", url=url, format="nvidia-pkl", resolution=64, source_text="photo",
                         layers=6, filename="gone.pkl")
     with pytest.raises(WeightsNotFoundError) as e:
         ensure_source(entry, progress=False)

@@ -1,17 +1,14 @@
 """`ipl export --format rosinality`: the .pt has rosinality's exact keys and loads back to identical images."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-import generators
-from generators.stylegan2.network import Generator
-from ipl.cli import cli
-from ipl.commands.export import export_rosinality, rosinality_state
-
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "rosinality_sg2_64.pt"
+from ipl import generators
+from ipl.generators.stylegan2.network import Generator
+from ipl.commands.cli import cli
+from ipl.generators.stylegan2.export import export_rosinality, rosinality_state
 
 
 def _tiny_generator(seed=0):
@@ -30,10 +27,10 @@ def _images(G, seed=3, psi=0.7):
         return G(z, None, truncation_psi=psi, noise_mode="const")
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason="shared rosinality fixture missing")
-def test_fixture_roundtrip_reproduces_rosinality_state_exactly():
-    ref = torch.load(FIXTURE, map_location="cpu", weights_only=True)
-    G = generators.load(FIXTURE)
+def test_fixture_roundtrip_reproduces_rosinality_state_exactly(fixtures_dir):
+    ckpt = fixtures_dir / "rosinality_sg2_64.pt"
+    ref = torch.load(ckpt, map_location="cpu", weights_only=True)
+    G = generators.load(ckpt)
     ours = rosinality_state(G)
     assert set(ours) == set(ref["g_ema"]), set(ours) ^ set(ref["g_ema"])
     for k, v in ref["g_ema"].items():

@@ -1,7 +1,7 @@
 """Adaptive layer freezing: picks the layers a W+ probe step moves most; touches nothing else."""
 import torch
 
-from ipl.freezing import parameters_of_layers, select_layers
+from ipl.method.freezing import parameters_of_layers, select_layers
 from test_adapt_fakes import FakeLayeredGenerator
 from tiny_clip import tiny_clip  # noqa: F401  (fixture)
 
@@ -16,7 +16,7 @@ def test_select_layers_matches_manual_sgd_step(tiny_clip):
     feat = tiny_clip.encode_texts(["a red square"])
     chosen = select_layers(G, [tiny_clip], [feat], 2, lat, lr=0.01)
     # Manual: one SGD step on W+, rank layers by mean |change|.
-    from ipl.losses import global_clip_loss
+    from ipl.method.losses import global_clip_loss
     wp = G.lift(lat).detach().requires_grad_(True)
     opt = torch.optim.SGD([wp], lr=0.01)
     loss = global_clip_loss(tiny_clip.encode_images(G.render_layers(wp)), feat)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ipl.losses import (contrastive_loss, directional_loss, domain_regularizer, global_clip_loss, length_loss,
+from ipl.method.losses import (contrastive_loss, directional_loss, domain_regularizer, global_clip_loss, length_loss,
                         safe_direction, weighted_sum)
 
 

@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ipl.errors import CheckpointError, WeightsNotFoundError
+from ipl.core.errors import CheckpointError, WeightsNotFoundError
 from ipl.metrics import fid as fidlib
 from ipl.metrics.clip_score import ClipScore, clip_scores
 from ipl.metrics.lpips_diversity import (fit_images, intra_cluster_lpips, load_lpips, lpips_features,
@@ -256,19 +256,19 @@ def test_clip_scores_from_features_known_answers():
     torch.testing.assert_close(clip_scores(img, text[None]), got)
 
 
-def _toy_clip_or_skip():
-    from ipl.clip import TOY_CLIP_CONFIG, TOY_CLIP_WEIGHTS, load_clip
+def _toy_clip():
+    from ipl.method.clip import TOY_CLIP_CONFIG, TOY_CLIP_WEIGHTS, load_clip
 
-    if not (TOY_CLIP_CONFIG.is_file() and TOY_CLIP_WEIGHTS.is_file()):
-        pytest.skip(f"toy CLIP assets not built yet ({TOY_CLIP_CONFIG}, {TOY_CLIP_WEIGHTS})")
+    if not (TOY_CLIP_CONFIG.is_file() and TOY_CLIP_WEIGHTS.is_file()):   # shipped package data: fail, never skip
+        pytest.fail(f"shipped toy CLIP assets missing ({TOY_CLIP_CONFIG}, {TOY_CLIP_WEIGHTS})", pytrace=False)
     return load_clip("toy")
 
 
 def test_clip_score_with_toy_clip_prefers_matching_captions():
     """The shipped (trained) toy CLIP: dark renders score higher with their caption than with the source
     caption, and higher than solid renders do with the same caption (what a CLIP score must show)."""
-    clip = _toy_clip_or_skip()
-    from generators.toy.render import render, sample_params
+    clip = _toy_clip()
+    from ipl.generators.toy.render import render, sample_params
 
     p = sample_params(32, generator=torch.Generator().manual_seed(8))
     dark, solid = render(p, "dark", res=32), render(p, "solid", res=32)

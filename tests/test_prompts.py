@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipl.clip import _build_model, _tokenizer_for
-from ipl.prompts import (FIXED_TEMPLATE, EqualLinear, PromptLearner, encode_with_context, prompt_features,
+from ipl.method.clip import _build_model, _tokenizer_for
+from ipl.method.prompts import (FIXED_TEMPLATE, EqualLinear, PromptLearner, encode_with_context, prompt_features,
                          text_tower, token_embeddings)
 from tiny_clip import TINY_CLIP_CONFIG, make_tiny_clip, tiny_clip  # noqa: F401
 
@@ -104,7 +104,7 @@ def test_prompt_features_formula(tiny_clip):
 
 
 def test_text_tower_rejects_hf_like_models():
-    from ipl.errors import IPLError
+    from ipl.core.errors import IPLError
 
     with pytest.raises(IPLError):
         text_tower(torch.nn.Linear(2, 2))

@@ -4,9 +4,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ipl.cli import cli
-from ipl.config import default_layers
-from ipl.errors import IPLError
+from ipl.commands.cli import cli
+from ipl.core.config import default_layers
+from ipl.core.errors import IPLError
 from ipl.registry import REGISTRY, cache_path, get_source
 
 

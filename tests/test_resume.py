@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-import generators
-from generators.stylegan2.network import Generator
-from ipl.cli import cli
-from ipl.stage2 import Stage2Trainer
+from ipl import generators
+from ipl.generators.stylegan2.network import Generator
+from ipl.commands.cli import cli
+from ipl.method.stage2 import Stage2Trainer
 from tiny_clip import write_tiny_clip_files
 
 

@@ -1,4 +1,4 @@
-"""`ipl sample`: seeds, grids, per-seed PNGs, errors; ipl.images helpers."""
+"""`ipl sample`: seeds, grids, per-seed PNGs, errors; ipl.core.images helpers."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +7,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import generators
-from ipl.cli import cli
+from ipl import generators
+from ipl.commands.cli import cli
 from ipl.commands.sample import parse_seeds, render_seeds, resolve_generators
-from ipl.errors import IPLError
-from ipl.images import make_grid, save_grid, to_uint8
+from ipl.core.errors import IPLError
+from ipl.core.images import make_grid, save_grid, to_uint8
 
 
 def test_parse_seeds():

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipl.interface import AdaptableGenerator
-from ipl.prompts import prompt_features
-from ipl.stage1 import stage1_losses, train_prompts
+from ipl.core.interface import AdaptableGenerator
+from ipl.method.prompts import prompt_features
+from ipl.method.stage1 import stage1_losses, train_prompts
 from tiny_clip import make_tiny_clip, tiny_clip  # noqa: F401
 
 
@@ -92,9 +92,9 @@ def test_stage1_deterministic_and_multi_clip():
 
 
 def test_stage1_batched_terms_match_prompt_features(tiny_clip):
-    from ipl.losses import contrastive_loss, domain_regularizer
-    from ipl.prompts import PromptLearner
-    from ipl.templates import IMAGENET_TEMPLATES, template_features
+    from ipl.method.losses import contrastive_loss, domain_regularizer
+    from ipl.method.prompts import PromptLearner
+    from ipl.method.templates import IMAGENET_TEMPLATES, template_features
 
     torch.manual_seed(0)
     learner = PromptLearner(8, 4, tiny_clip.ctx_dim)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import generators
-from generators.stylegan2.network import style_mix
+from ipl import generators
+from ipl.generators.stylegan2.network import style_mix
 
 ATOL = 1e-4
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generators.stylegan2.adapter import StyleGAN2Adapter
-from generators.stylegan2.network import Generator, channel_table, style_mix
+from ipl.generators.stylegan2.adapter import StyleGAN2Adapter
+from ipl.generators.stylegan2.network import Generator, channel_table, style_mix
 
 
 def tiny(resolution: int = 16, c_dim: int = 0, **kw) -> Generator:
@@ -198,7 +198,7 @@ def test_impl_ref_matches_auto():
 
 def test_fp16_prenormalisation_keeps_demodulated_result():
     """The fp16 rescaling of weight and styles is cancelled by demodulation (checked in float64 maths)."""
-    from generators.stylegan2.network import modulated_conv2d
+    from ipl.generators.stylegan2.network import modulated_conv2d
 
     torch.manual_seed(0)
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64)

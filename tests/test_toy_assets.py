@@ -1,8 +1,10 @@
 """The shipped toy assets load through the project's own paths and meet their targets on small fixed samples."""
+from pathlib import Path
+
 import pytest
 import torch
 
-from generators.toy.render import COLOURS, DOMAINS, SHAPES, STYLE_DOMAINS, degrade, render, sample_params
+from ipl.generators.toy.render import COLOURS, DOMAINS, SHAPES, STYLE_DOMAINS, degrade, render, sample_params
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -19,7 +21,7 @@ def _fresh_renders(per_domain: int, seed: int):
 
 
 def test_judge_classifies_fresh_renders():
-    from generators.toy.judge import load_judge
+    from ipl.generators.toy.judge import load_judge
 
     judge = load_judge()
     images, labels, p = _fresh_renders(24, seed=777)
@@ -32,7 +34,7 @@ def test_judge_classifies_fresh_renders():
 
 
 def test_judge_report_known_answers():
-    from generators.toy.judge import judge_report
+    from ipl.generators.toy.judge import judge_report
 
     g = torch.Generator().manual_seed(5)
     p = sample_params(96, g)
@@ -52,9 +54,9 @@ def test_judge_report_known_answers():
 
 
 def test_toy_clip_zero_shot_domain_accuracy():
-    from ipl.clip import load_clip
+    from ipl.method.clip import load_clip
 
-    from generators.toy.judge import clip_zero_shot_domain
+    from ipl.generators.toy.judge import clip_zero_shot_domain
 
     clip = load_clip("toy")
     images, labels, _ = _fresh_renders(20, seed=4242)
@@ -67,8 +69,12 @@ def test_toy_clip_follows_gradual_changes():
     # The shipped toy CLIP must tell a generator which way to go from its first, small steps: the image change
     # of a 30% blend from solid toward each domain points along that domain's text direction (loss < 1), and the
     # full change does so clearly. (The first toy CLIP gave 0.99 and, at a 10% blend, 1.22 for `dark`:
-    # backwards; see scripts/build_toy_clip.py, interpolation loss.)
-    from generators.toy.clip_model import load_toy_clip, path_losses
+    # backwards; see scripts/toy/build_toy_clip.py, interpolation loss.)
+    from test_toy_world import _toy
+
+    from ipl.generators.toy.clip_model import load_toy_clip
+
+    path_losses = _toy("analysis").path_losses
 
     model, tok = load_toy_clip()
     paths = path_losses(model, tok, n=32)
@@ -79,9 +85,9 @@ def test_toy_clip_follows_gradual_changes():
 
 def _generator_judged(n: int = 96, seed: int = 99) -> dict:
     """Judged shape/colour/domain rates of the shipped generator on fixed latents."""
-    import generators
-    from generators.toy.judge import load_judge
-    from generators.toy.source import GENERATOR_PATH, scene_from_latent
+    from ipl import generators
+    from ipl.generators.toy.judge import load_judge
+    from ipl.generators.toy.source import GENERATOR_PATH, scene_from_latent
 
     G = generators.load(GENERATOR_PATH)
     assert (G.c_dim, G.img_resolution) == (3, 64)
@@ -100,15 +106,20 @@ def _generator_judged(n: int = 96, seed: int = 99) -> dict:
 
 def test_toy_clip_diagnostics_match_the_record():
     # delta_ratio (the length term's ratio, also the registry's toy default), the image-gradient alignment and
-    # the content selectivity, recomputed on the shipped CLIP, equal what assets/toy/clip_build.json records.
+    # the content selectivity (scripts/toy/analysis.py), recomputed on the shipped CLIP, equal what
+    # assets/toy/clip_build.json records.
     import json
 
-    from generators.toy.clip_model import content_selectivity, delta_ratio, gradient_alignment, load_toy_clip
+    from test_toy_world import _toy
+
+    from ipl.generators.toy.clip_model import load_toy_clip
     from ipl.registry import run_defaults_for
 
-    from generators.toy.clip_model import ASSETS
-
-    record = json.loads((ASSETS / "clip_build.json").read_text())["measured_after_build"]
+    analysis = _toy("analysis")
+    content_selectivity, delta_ratio = analysis.content_selectivity, analysis.delta_ratio
+    gradient_alignment = analysis.gradient_alignment
+    records = Path(__file__).resolve().parents[1] / "assets" / "toy"   # build records (not installed)
+    record = json.loads((records / "clip_build.json").read_text())["measured_after_build"]
     model, tok = load_toy_clip()
     assert delta_ratio(model, tok) == pytest.approx(record["delta_ratio"], abs=2e-3)
     assert gradient_alignment(model, tok) == pytest.approx(record["gradient_alignment"], abs=2e-3)
@@ -138,7 +149,7 @@ def test_toy_adapt_and_eval_through_the_cli(tmp_path):
 
     from click.testing import CliRunner
 
-    from ipl.cli import cli
+    from ipl.commands.cli import cli
 
     out = tmp_path / "toy-dark"
     r = CliRunner().invoke(cli, ["adapt", "--source", "toy", "--target", "on a dark background", "--out", str(out),
@@ -157,7 +168,7 @@ def test_toy_adapt_and_eval_through_the_cli(tmp_path):
     # Four small steps from a sharp source: the content survives and nothing is judged broken.
     assert judge["content_kept"] >= 0.9 and judge["diversity_kept"] >= 0.9 and judge["degraded_rate"] <= 0.05, judge
     assert 0.0 <= judge["target_rate"] <= 1.0 and 0.0 <= judge["clip_judge_agreement"] <= 1.0
-    # scripts/toy_direction_check.py on the same run (CLIP side, no judge): the faithful change toward `dark`
+    # scripts/toy/toy_direction_check.py on the same run (CLIP side, no judge): the faithful change toward `dark`
     # points along NADA's direction and along IPL's per-image ones (cos ~0.9 with the shipped CLIP; a sign or
     # pairing error gives <= 0), and after 4 prompt iterations IPL's directions are still close to NADA's.
     from test_toy_world import _script
@@ -177,12 +188,11 @@ def test_toy_adapt_and_eval_through_the_cli(tmp_path):
 
 
 def test_toy_benchmark_script_writes_table_json_and_grids(tmp_path):
-    # scripts/toy_benchmark.py end to end at a tiny size, two runs at once: one row per (target, method), in order.
+    # scripts/toy/toy_benchmark.py end to end at a tiny size, two runs at once: one row per (target, method), in order.
     import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "toy_benchmark.py"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "toy" / "toy_benchmark.py"
     spec = importlib.util.spec_from_file_location("toy_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -208,7 +218,7 @@ def test_toy_run_defaults_apply_and_flags_override_them(tmp_path):
 
     from click.testing import CliRunner
 
-    from ipl.cli import cli
+    from ipl.commands.cli import cli
     from ipl.registry import run_defaults_for
 
     defaults = run_defaults_for("toy")

@@ -1,14 +1,17 @@
 """The toy world's renderer and captions: deterministic, every domain distinct, labels consistent."""
+import importlib
 import itertools
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from generators.toy.captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS, caption, domain_from_text
-from generators.toy.render import (COLOUR_HUES, COLOURS, DEGRADATIONS, DOMAINS, STYLE_DOMAINS, colour_index,
+from ipl.generators.toy.captions import TARGET_TEXTS, ZERO_SHOT_PROMPTS, caption, domain_from_text
+from ipl.generators.toy.render import (COLOUR_HUES, COLOURS, DEGRADATIONS, DOMAINS, STYLE_DOMAINS, colour_index,
                                    degrade, hue_from_u, render, render_dataset, sample_params)
-from generators.toy.source import Z_DIM, scene_from_latent
+from ipl.generators.toy.source import Z_DIM, scene_from_latent
 
 
 def test_render_is_deterministic():
@@ -35,7 +38,7 @@ def test_domains_are_distinct_for_the_same_scene():
     corner = imgs["dark"][:, :, :2, :2].mean()
     assert corner < -0.6 and imgs["solid"][:, :, :2, :2].mean() > 0.6
     # Pastel is lighter and less saturated than solid inside the shape.
-    from generators.toy.render import shape_sdf
+    from ipl.generators.toy.render import shape_sdf
 
     inside = (shape_sdf(p) < -1)[:, None].expand(-1, 3, -1, -1)
     sat = lambda x: (x.amax(1) - x.amin(1))[inside[:, 0]].mean()  # noqa: E731
@@ -100,12 +103,29 @@ def test_captions_and_target_texts():
         domain_from_text("a werewolf")
 
 
-def _script(name: str = "build_toy_clip"):
-    """scripts/NAME.py as a module."""
-    import importlib.util
-    from pathlib import Path
+# The toy world's research tooling (builders, experiments, CLIP analysis): not installed, run as
+# `python scripts/toy/NAME.py`, which puts that folder on sys.path; the scripts import analysis.py and augment.py
+# from it by name, so the tests put it there too.
+TOY_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "toy"
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+
+def _toy_path() -> None:
+    if str(TOY_SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(TOY_SCRIPTS))
+
+
+def _toy(name: str):
+    """scripts/toy/NAME.py imported as the scripts import it (`analysis`, `augment`)."""
+    _toy_path()
+    return importlib.import_module(name)
+
+
+def _script(name: str = "build_toy_clip"):
+    """scripts/toy/NAME.py as a fresh module."""
+    import importlib.util
+
+    _toy_path()
+    path = TOY_SCRIPTS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
@@ -118,7 +138,7 @@ def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
     import copy
 
     build = _script()
-    from generators.toy.clip_model import build_model, normalise
+    from ipl.generators.toy.clip_model import build_model, normalise
 
     torch.manual_seed(0)
     model = build_model().eval()
@@ -139,8 +159,8 @@ def test_fare_loss_is_zero_at_the_teacher_and_pgd_beats_random_noise():
 def _stand_in_clip(dark_axis: int):
     """A stand-in CLIP with embedding (100, -lightness, red - lightness, green - lightness) of the mean colour,
     whose text change from the source text to "on a dark background" is +1 on `dark_axis`, 0 elsewhere."""
-    from generators.toy.captions import TARGET_TEXTS
-    from generators.toy.clip_model import MEAN, STD
+    from ipl.generators.toy.captions import TARGET_TEXTS
+    from ipl.generators.toy.clip_model import MEAN, STD
 
     class StandIn(torch.nn.Module):
         def __init__(self):
@@ -168,7 +188,7 @@ def _stand_in_clip(dark_axis: int):
 def test_background_step_losses_known_answers():
     # With the stand-in CLIP (text change = darker), darkening must score 0, lightening 2 and every luminance-neutral tint 1
     # (orthogonal).
-    from generators.toy.clip_model import background_step_losses
+    background_step_losses = _toy("analysis").background_step_losses
 
     model, texts = _stand_in_clip(dark_axis=1)
     # step 0.02 keeps every moved background inside [0, 1] (no clamping, so tints stay luminance-neutral)
@@ -180,7 +200,7 @@ def test_background_step_losses_known_answers():
 def test_background_descent_known_answers():
     # Where the text change is "darker", descent on the background colour darkens it without tinting it; where
     # the text change is "redder", it tints it red at about the same lightness.
-    from generators.toy.clip_model import background_descent
+    background_descent = _toy("analysis").background_descent
 
     model, texts = _stand_in_clip(dark_axis=1)
     # from 0.86-0.97 by at most 0.01 a step; the stand-in's unit-normalised changes are ~100x smaller than a
@@ -209,7 +229,7 @@ def test_render_background_override():
 
 
 def test_tint_is_a_luminance_neutral_colour_cast():
-    from generators.toy.augment import tint
+    tint = _toy("augment").tint
 
     x = torch.full((64, 3, 8, 8), 0.5)
     y = tint(x, 0.1, torch.Generator().manual_seed(0))
@@ -253,7 +273,7 @@ def test_alignment_loss_falls_and_is_bounded():
     # The directional alignment loss is a mean of squared cosine errors (in [0, 4]) and a few optimiser steps
     # on the toy CLIP architecture lower it on a fixed batch.
     build = _script()
-    from generators.toy.clip_model import build_model, tokenizer
+    from ipl.generators.toy.clip_model import build_model, tokenizer
 
     torch.manual_seed(0)
     model, tok = build_model(), tokenizer()
@@ -268,7 +288,7 @@ def test_alignment_loss_falls_and_is_bounded():
 def test_oracle_reads_background_darkness_only():
     # The stage-2 diagnostic's stand-in for CLIP: a darker background is exactly the "dark" text direction, a
     # change of the shape alone is invisible to it.
-    from ipl.losses import directional_loss
+    from ipl.method.losses import directional_loss
 
     oracle = _script("toy_oracle_adapt")
     p = sample_params(4, torch.Generator().manual_seed(2))
@@ -286,7 +306,7 @@ def test_gradient_alignment_known_answers_and_loss_falls():
     # Stand-in CLIP whose embedding reads the mean colour: the image gradient of "darker" is a uniform darkening
     # of every pixel, so its cosine with the change to `dark` (the background darkened, the shape kept) is
     # -sum(change) / (sqrt(N) |change|); every other target text has no text change, hence no gradient (0).
-    from generators.toy.clip_model import gradient_alignment
+    gradient_alignment = _toy("analysis").gradient_alignment
 
     model, texts = _stand_in_clip(dark_axis=1)
     out = gradient_alignment(model, texts, n=4)
@@ -296,13 +316,13 @@ def test_gradient_alignment_known_answers_and_loss_falls():
     assert out["dark"] == pytest.approx(expected, abs=1e-4) and 0.5 < expected < 1.0
     assert all(out[d] == 0 for d in ("pastel", "outlined", "striped", "dotted")), out
 
-    # The training loss that shapes it (scripts/build_toy_clip.py --grad-align-weight): 1 - cos in [0, 2],
+    # The training loss that shapes it (scripts/toy/build_toy_clip.py --grad-align-weight): 1 - cos in [0, 2],
     # lowered by a few optimiser steps of the first toy CLIP's ViT on a fixed batch (double backward).
     build = _script()
-    from generators.toy.clip_model import TOY_VIT_CONFIG, build_model, tokenizer
+    from ipl.generators.toy.clip_model import build_model, tokenizer
 
     torch.manual_seed(0)
-    model, tok = build_model(TOY_VIT_CONFIG), tokenizer()
+    model, tok = build_model(build.TOY_VIT_CONFIG), tokenizer()
     model.token_embedding.requires_grad_(False)
     variants = build.scene_variants(3, torch.Generator().manual_seed(5))
     losses = _optimise(model, lambda: build.gradient_alignment_loss(model, tok, variants,
@@ -325,8 +345,8 @@ def test_build_toy_clip_with_a_resnet_config_loads_through_the_clip_path(tmp_pat
     from open_clip.modified_resnet import ModifiedResNet
     from safetensors.torch import load_file
 
-    from generators.toy.clip_model import TOY_CLIP_CONFIG, build_model, normalise
-    from ipl.clip import load_clip
+    from ipl.generators.toy.clip_model import TOY_CLIP_CONFIG, build_model, normalise
+    from ipl.method.clip import load_clip
 
     config = dict(TOY_CLIP_CONFIG, vision_cfg={"image_size": 64, "layers": [1, 1, 1, 1], "width": 8,
                                               "head_width": 32})
@@ -353,14 +373,14 @@ def test_build_toy_clip_with_a_resnet_config_loads_through_the_clip_path(tmp_pat
 
 
 def test_mined_negatives_are_captioned_by_background_lightness_and_train_the_clip(tmp_path):
-    # scripts/mine_toy_negatives.py: the border frame's lightness decides `dark` vs `solid` (linear between the
+    # scripts/toy/mine_toy_negatives.py: the border frame's lightness decides `dark` vs `solid` (linear between the
     # domains' ranges, as --soft-grey), the scene comes from the latent; build_toy_clip --extra-bank mixes it in.
     import json
 
     from click.testing import CliRunner
 
-    from generators.toy.render import SHAPES
-    from ipl.cli import cli
+    from ipl.generators.toy.render import SHAPES
+    from ipl.commands.cli import cli
 
     mine = _script("mine_toy_negatives")
     p = sample_params(6, torch.Generator().manual_seed(0))
@@ -408,7 +428,8 @@ def test_mined_negatives_are_captioned_by_background_lightness_and_train_the_cli
 
 
 def test_content_variants_change_hue_or_shape_only():
-    from generators.toy.clip_model import CONTENT_HUE_SHIFTS, content_variants
+    analysis = _toy("analysis")
+    CONTENT_HUE_SHIFTS, content_variants = analysis.CONTENT_HUE_SHIFTS, analysis.content_variants
 
     p = sample_params(5, torch.Generator().manual_seed(4))
     out = content_variants(p)
@@ -424,7 +445,9 @@ def test_content_selectivity_is_zero_for_a_clip_blind_to_content_and_the_loss_fa
     # A stand-in CLIP that sees only the top-left 2x2 corner (always background: shapes keep >= 2.5 px from the
     # border and the corner is ~7 px from any shape) cannot tell a faithful change from a recoloured or reshaped
     # one: every lead is exactly 0, so it never wins.
-    from generators.toy.clip_model import MEAN, STD, content_selectivity
+    from ipl.generators.toy.clip_model import MEAN, STD
+
+    content_selectivity = _toy("analysis").content_selectivity
 
     class CornerClip(torch.nn.Module):
         def __init__(self):
@@ -446,10 +469,10 @@ def test_content_selectivity_is_zero_for_a_clip_blind_to_content_and_the_loss_fa
     assert set(out) == {*TARGET_TEXTS, "mean"}
     assert all(v == {"wins": 0.0, "margin": 0.0} for v in out.values()), out
 
-    # The training loss (scripts/build_toy_clip.py --content-weight): a hinge in [0, margin + 2], lowered by a
+    # The training loss (scripts/toy/build_toy_clip.py --content-weight): a hinge in [0, margin + 2], lowered by a
     # few optimiser steps of the toy CLIP architecture on a fixed draw.
     build = _script()
-    from generators.toy.clip_model import build_model, tokenizer
+    from ipl.generators.toy.clip_model import build_model, tokenizer
 
     torch.manual_seed(0)
     model, tok = build_model(), tokenizer()

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cuda_ops import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
-from cuda_ops.upfirdn2d import upfirdn2d_kernel, upfirdn2d_math, upfirdn2d_ref
+from ipl.cuda_ops import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from ipl.cuda_ops.upfirdn2d import upfirdn2d_kernel, upfirdn2d_math, upfirdn2d_ref
 
 
 def upfirdn2d_loop(x, f, up=(1, 1), down=(1, 1), pad=(0, 0, 0, 0), flip_filter=False, gain=1.0):

@@ -14,7 +14,7 @@ from typing import Union
 import pytest
 import torch
 
-from ipl.clip import ClipSpec, FrozenClip, _build_model, _tokenizer_for
+from ipl.method.clip import ClipSpec, FrozenClip, _build_model, _tokenizer_for
 
 # embed 32; ViT 32px, patch 16 (4 patches), width 64 x 2 layers; text width 32 x 2 layers, 2 heads.
 TINY_CLIP_CONFIG = {

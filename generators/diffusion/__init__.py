@@ -1,49 +1,60 @@
 """Pixel-space diffusion models (diffusers UNet2DModel + DDIM) as adaptable generators (Diff-IPL).
 
     load(spec, device) -> DiffusionAdapter       spec: registry name, HF repo id, diffusers folder, our file
-    is_diffusion_source(spec) -> bool            for generators.load_adaptable / ipl.run to branch on
     resolve(spec) -> (path or id, fingerprint)    what a run records as its source
+    DiffusionFamily (family.py)                  the plugin the product sees
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from generators.diffusion import checkpoint as ckpt
-from generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, SourcePool
-from ipl.errors import IPLError, WeightsNotFoundError
+from ipl.generators.diffusion import checkpoint as ckpt
+from ipl.generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, SourcePool
+from ipl.core.assets import shipped
+from ipl.core.errors import IPLError, WeightsNotFoundError
+from ipl.core.family import SourceEntry
 
 __all__ = ["DiffusionAdapter", "DiffusionConfig", "SourcePool", "load", "is_diffusion_source", "resolve",
-           "REGISTRY", "TOY_DDPM_DIR", "is_diffusion_checkpoint", "load_adaptable"]
+           "ENTRIES", "OPTIONS", "TOY_DDPM_DIR", "is_diffusion_checkpoint", "run_defaults_for_path"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-TOY_DDPM_DIR = REPO_ROOT / "assets" / "toy" / "ddpm"
+TOY_DDPM_DIR = shipped("toy/ddpm")
 
-# Registry entries of the diffusion sources: where the weights come from and the defaults a run takes.
-REGISTRY: dict[str, dict[str, Any]] = {
-    "ddpm-celebahq": {"repo": ckpt.HUB_MODELS["ddpm-celebahq"], "resolution": 256, "source_text": "photo",
-                      "clip": ["ViT-B-32:openai"], "description": "CelebA-HQ faces 256 px, pixel DDPM (diffusers)",
-                      "diffusion": {"t0": 500, "code_clip": "ViT-B-32:openai"},
-                      "stage2": {"lr": 4e-6, "beta1": 0.9, "beta2": 0.999, "batch": 1, "iters": 200}},
-    "ddpm-church": {"repo": ckpt.HUB_MODELS["ddpm-church"], "resolution": 256, "source_text": "church",
-                    "clip": ["ViT-B-32:openai"], "description": "LSUN churches 256 px, pixel DDPM (diffusers)",
-                    "diffusion": {"t0": 500, "code_clip": "ViT-B-32:openai"},
-                    "stage2": {"lr": 4e-6, "beta1": 0.9, "beta2": 0.999, "batch": 1, "iters": 200}},
-    "toy-ddpm": {"path": str(TOY_DDPM_DIR), "resolution": 32, "source_text": "a solid shape", "clip": ["toy"],
-                 "description": "toy DDPM of solid shapes on a light background (shipped, offline)",
-                 "diffusion": {"t0": 400, "code_clip": "toy", "n_sources": 32, "source_images": "toy:solid"},
-                 "stage2": {"lr": 2e-4, "beta1": 0.9, "beta2": 0.999, "batch": 2, "iters": 60}},
+# The diffusion sources of the registry. run_defaults are the stage-2 settings a diffusion source takes unless
+# given on the command line: the StyleGAN lr (0.0016, Adam beta1 0) wrecks a UNet.
+_REAL_DDPM_STAGE2 = {"lr": 4e-6, "beta1": 0.9, "beta2": 0.999, "batch": 1, "iters": 200}
+ENTRIES: list[SourceEntry] = [
+    SourceEntry(name="toy-ddpm", family="diffusion", url=None, format="diffusers", resolution=32,
+                source_text="a solid shape", layers=0, sample_truncation=1.0, clip=("toy",), shipped="toy/ddpm",
+                filename="ddpm", description="tiny DDPM of solid shapes on a light background (shipped, offline)",
+                run_defaults={"lr": 2e-4, "beta1": 0.9, "beta2": 0.999, "batch": 2, "iters": 60}),
+    SourceEntry(name="ddpm-celebahq", family="diffusion", url="https://huggingface.co/google/ddpm-ema-celebahq-256",
+                format="diffusers", resolution=256, source_text="photo", layers=0, sample_truncation=1.0,
+                filename=ckpt.HUB_MODELS["ddpm-celebahq"], description="CelebA-HQ faces, pixel DDPM (diffusers)",
+                run_defaults=dict(_REAL_DDPM_STAGE2)),
+    SourceEntry(name="ddpm-church", family="diffusion", url="https://huggingface.co/google/ddpm-ema-church-256",
+                format="diffusers", resolution=256, source_text="church", layers=0, sample_truncation=1.0,
+                filename=ckpt.HUB_MODELS["ddpm-church"], description="LSUN churches, pixel DDPM (diffusers)",
+                run_defaults=dict(_REAL_DDPM_STAGE2)),
+]
+# How each entry's model is run (DiffusionConfig fields), on top of DiffusionConfig's defaults.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "toy-ddpm": {"t0": 400, "code_clip": "toy", "n_sources": 32, "source_images": "toy:solid"},
+    "ddpm-celebahq": {"t0": 500, "code_clip": "ViT-B-32:openai"},
+    "ddpm-church": {"t0": 500, "code_clip": "ViT-B-32:openai"},
 }
+_BY_NAME = {e.name: e for e in ENTRIES}
+# For a diffusion model given by path its size is unknown: only the optimiser settings of a real DDPM apply.
+_PATH_KEYS = ("lr", "beta1", "beta2")
 
 
 def is_diffusion_source(spec: Union[str, Path]) -> bool:
     """True if `spec` names a diffusion source: a registry name above, a diffusers folder, or our file."""
     s = str(spec)
-    if s.strip().lower() in REGISTRY:
+    if s.strip().lower() in _BY_NAME:
         return True
     p = Path(s).expanduser()
     if p.is_dir():
@@ -80,20 +91,21 @@ def resolve(spec: Union[str, Path], allow_download: bool = False) -> tuple[Path,
     """(local folder or file holding the weights, SHA-256 over its weight and config files) for a source."""
     s = str(spec).strip()
     key = s.lower()
-    if key in REGISTRY and "repo" in REGISTRY[key]:
-        where = _hub_folder(REGISTRY[key]["repo"], allow_download)
-    elif key in REGISTRY:
-        where = Path(REGISTRY[key]["path"])
+    if key in _BY_NAME and _BY_NAME[key].shipped is None:
+        where = _hub_folder(_BY_NAME[key].filename, allow_download)
+    elif key in _BY_NAME:
+        where = shipped(_BY_NAME[key].shipped)
         if not ckpt.is_diffusers_folder(where):
             raise WeightsNotFoundError(
                 f"the toy DDPM is missing: expected a diffusers folder at {where} (config.json + "
-                "diffusion_pytorch_model.safetensors). Rebuild it with `python scripts/build_toy_ddpm.py`.")
+                "diffusion_pytorch_model.safetensors). Reinstall ipl, or rebuild it with "
+                "`python scripts/toy/build_toy_ddpm.py`.")
     elif Path(s).expanduser().exists():
         where = Path(s).expanduser()
     elif s.count("/") == 1 and not s.startswith((".", "/", "~")):
         where = _hub_folder(s, allow_download)
     else:
-        raise IPLError(f"diffusion source {s!r}: not a registry name ({', '.join(REGISTRY)}), an existing "
+        raise IPLError(f"diffusion source {s!r}: not a registry name ({', '.join(_BY_NAME)}), an existing "
                        "diffusers folder, or an ipl diffusion .safetensors file.")
     if where.is_file():
         files = [where]
@@ -144,30 +156,30 @@ def load(spec: Union[str, Path], device: Union[str, torch.device] = "cpu",
 
 
 def _registry_defaults_for(spec: str) -> dict[str, Any]:
-    entry = REGISTRY.get(spec.strip().lower())
-    if entry is None:  # a folder that is a registry entry's folder takes its defaults too (toy-ddpm)
-        p = Path(spec).expanduser()
-        entry = next((e for e in REGISTRY.values() if "path" in e and p.exists() and p.resolve() ==
-                      Path(e["path"]).resolve()), None)
-    return dict(entry.get("diffusion", {})) if entry else {}
+    """The DiffusionConfig options of a registry name, or of the folder a registry entry ships (toy-ddpm)."""
+    name = spec.strip().lower()
+    if name not in OPTIONS:
+        name = next((e.name for e in ENTRIES if e.shipped and _same_path(spec, shipped(e.shipped))), "")
+    return dict(OPTIONS.get(name, {}))
 
 
-def registry_info(name: str) -> dict[str, Any]:
-    """The registry record of a diffusion source (for `ipl models`)."""
-    if name.lower() not in REGISTRY:
-        raise IPLError(f"unknown diffusion source {name!r}; known: {', '.join(REGISTRY)}")
-    return json.loads(json.dumps(REGISTRY[name.lower()]))
+def _same_path(spec: Union[str, Path], where: Path) -> bool:
+    p = Path(spec).expanduser()
+    return p.exists() and where.exists() and p.resolve() == where.resolve()
 
 
-# ---------------------------------------------------------------------------------------------- hooks
 def is_diffusion_checkpoint(path: Union[str, Path]) -> bool:
-    """generators.load_adaptable hook: a diffusion source, our diffusion file, or a run folder holding one."""
+    """A diffusion source, our diffusion file, or a run folder holding one."""
     p = Path(path)
     if p.is_dir() and (p / "generator.safetensors").is_file() and not ckpt.is_diffusers_folder(p):
         return ckpt.is_ipl_diffusion_file(p / "generator.safetensors")
     return is_diffusion_source(p)
 
 
-def load_adaptable(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> DiffusionAdapter:
-    """generators.load_adaptable hook: `load` (a run folder resolves to its generator file)."""
-    return load(path, device=device)
+def run_defaults_for_path(path: Union[str, Path]) -> dict[str, Any]:
+    """AdaptConfig defaults of a diffusion model given by path: the toy DDPM's for its shipped folder, else the
+    optimiser settings of a real DDPM."""
+    for e in ENTRIES:
+        if e.shipped and _same_path(path, shipped(e.shipped)):
+            return dict(e.run_defaults)
+    return {k: _REAL_DDPM_STAGE2[k] for k in _PATH_KEYS}

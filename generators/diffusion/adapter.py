@@ -18,20 +18,20 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.diffusion import checkpoint as ckpt
-from generators.diffusion import ddim
-from ipl.errors import IPLError
-from ipl.interface import AdaptableGenerator
+from ipl.generators.diffusion import checkpoint as ckpt
+from ipl.generators.diffusion import ddim
+from ipl.core.errors import IPLError
+from ipl.core.images import read_image_folder  # noqa: F401  (re-exported: the diffusion API reads folders)
+from ipl.core.interface import AdaptableGenerator
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -88,41 +88,13 @@ def _is_toy_spec(spec: Optional[str]) -> bool:
 
 def toy_renders(spec: str, indices: range, resolution: int, seed: int) -> torch.Tensor:
     """Renders [len(indices),3,R,R] of the toy domain in "toy:DOMAIN"; image i is fixed by (seed, i)."""
-    from generators.toy.render import STYLE_DOMAINS, render, sample_params
+    from ipl.generators.toy.render import STYLE_DOMAINS, render, sample_params
 
     domain = spec.split(":", 1)[1]
     if domain not in STYLE_DOMAINS:
         raise IPLError(f"source_images {spec!r}: unknown toy domain; use toy:{' / toy:'.join(STYLE_DOMAINS)}")
     params = [sample_params(1, generator=torch.Generator().manual_seed(_image_seed(seed, i))) for i in indices]
     return torch.cat([render(p, domain, res=resolution) for p in params])
-
-
-def read_image_folder(folder: Union[str, Path], resolution: int, limit: Optional[int] = None) -> torch.Tensor:
-    """Images of a folder (sorted by name), centre-cropped and resized to resolution, as [N,3,R,R] in [-1,1]."""
-    import numpy as np
-    from PIL import Image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise IPLError(f"--source-images {folder}: not a folder. Pass a folder of .png/.jpg images.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise IPLError(f"--source-images {folder}: no images found (looked for {', '.join(IMAGE_EXTS)}).")
-    if limit is not None:
-        files = files[:limit]
-    out = []
-    for path in files:
-        try:
-            img = Image.open(path).convert("RGB")
-        except Exception as e:  # PIL raises several types for unreadable files
-            raise IPLError(f"--source-images: cannot read {path} as an image ({e}).") from e
-        w, h = img.size
-        s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        img = img.resize((resolution, resolution), Image.BICUBIC)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-        out.append(arr / 127.5 - 1)
-    return torch.stack(out)
 
 
 @dataclass(eq=False)
@@ -155,7 +127,7 @@ class DiffusionAdapter(AdaptableGenerator):
         self.scheduler_config = ckpt.scheduler_config_of(scheduler_config)
         self.config = (config or DiffusionConfig()).validate()
         self.role = role
-        self.metadata = dict(metadata or {})
+        self._metadata = dict(metadata or {})
         ucfg = unet.config
         size = ucfg.sample_size if isinstance(ucfg.sample_size, int) else ucfg.sample_size[0]
         if ucfg.in_channels != 3 or ucfg.out_channels != 3:
@@ -310,7 +282,7 @@ class DiffusionAdapter(AdaptableGenerator):
         """The CLIP whose image embedding is the code (loaded from config.code_clip on first use)."""
         shared = self.__dict__["_shared"]
         if shared.encoder is None:
-            from ipl.clip import load_clip
+            from ipl.method.clip import load_clip
 
             shared.encoder = load_clip(self.config.code_clip, device=self.device)
         return shared.encoder
@@ -382,16 +354,45 @@ class DiffusionAdapter(AdaptableGenerator):
                            f"prefixes of: {', '.join(tops)} (e.g. up_blocks.0, mid_block).")
         return chosen
 
+    latents_from_pool = True  # latents index the pool of inverted source images
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The record saved with the model (source, target text, method...)."""
+        return self._metadata
+
+    @torch.no_grad()
+    def sample_seeds(self, seeds: list[int], truncation: float = 1.0, class_idx: Optional[int] = None,
+                     steps: Optional[int] = None) -> torch.Tensor:
+        """DDIM samples (eta 0) from one noise image per seed; `steps` defaults to config.sample_steps."""
+        from ipl.generators.diffusion.sampling import sample_from_noise, seed_noise
+
+        if class_idx is not None:
+            raise IPLError("--class only applies to conditional StyleGAN2 generators, not diffusion models")
+        if truncation != 1.0:
+            raise IPLError("--truncation does not apply to diffusion models (no truncation trick); drop it")
+        if steps is not None and steps <= 0:
+            raise IPLError(f"--steps must be positive, got {steps}")
+        return sample_from_noise(self, seed_noise(seeds, self.resolution), steps)
+
+    def edit_images(self, source: AdaptableGenerator, images: torch.Tensor) -> torch.Tensor:
+        """DiffusionCLIP edit: invert with the source model to t0, regenerate with this one."""
+        from ipl.generators.diffusion.sampling import edit_images
+
+        if not isinstance(source, DiffusionAdapter):
+            raise IPLError("--edit needs the diffusion run's source model")
+        return edit_images(source, self, images)
+
     @property
     def stage2_trainer(self):
-        """Stage-2 trainer class the engine should use (ipl.run hook): the lean one when config.lean."""
+        """Stage-2 trainer class the engine should use: the lean one when config.lean."""
         if self.config.lean:
-            from generators.diffusion.train import LeanStage2Trainer
+            from ipl.generators.diffusion.train import LeanStage2Trainer
 
             return LeanStage2Trainer
         return None
 
-    def configure(self, options: Optional[dict[str, Any]]) -> "DiffusionAdapter":
+    def configure(self, options: Optional[Mapping[str, Any]]) -> "DiffusionAdapter":
         """Override DiffusionConfig fields from a dict of strings or values (e.g. `--diffusion t0=300`)."""
         if not options:
             return self

@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ipl.errors import CheckpointError
+from ipl.core.errors import CheckpointError
 
 FORMAT = "ipl-diffusion"
 HEADER_KEY = "ipl"
@@ -129,7 +129,7 @@ def save_file(path: Union[str, Path], unet: torch.nn.Module, record: dict[str, A
     """Write UNet weights + the JSON record atomically as one safetensors file."""
     from safetensors.torch import save_file as st_save
 
-    from ipl.atomic import atomic_path
+    from ipl.core.atomic import atomic_path
 
     record = dict(record, format=FORMAT, version=1)
     state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}

@@ -1,11 +1,11 @@
-"""Memory-lean stage 2 for diffusion models (DiffusionCLIP's "efficient" mode) on top of ipl.stage2.
+"""Memory-lean stage 2 for diffusion models (DiffusionCLIP's "efficient" mode) on top of ipl.method.stage2.
 
 One iteration draws a batch of pool latents and walks the DDIM generation from x_t0 step by step with the
 adapted UNet. After each step the loss (IPL directional loss + weighted L1 to the source image) is taken on
 that step's *predicted x0*, the optimiser steps, and the walk continues from the detached x_{t-1}. Only one
 UNet call is ever held for backward, so memory does not grow with `generation_steps`.
 
-Everything else (text features, EMA, checkpoint/resume state, logging) is ipl.stage2.Stage2Trainer's.
+Everything else (text features, EMA, checkpoint/resume state, logging) is ipl.method.stage2.Stage2Trainer's.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from generators.diffusion import ddim
-from ipl.stage2 import Stage2Trainer, memory_mb
+from ipl.generators.diffusion import ddim
+from ipl.method.stage2 import Stage2Trainer, memory_mb
 
 
 class LeanStage2Trainer(Stage2Trainer):

@@ -6,8 +6,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from generators.stylegan2.network import Generator
-from ipl.interface import AdaptableGenerator
+from ipl.generators.stylegan2.network import Generator
+from ipl.core.interface import AdaptableGenerator
 
 
 class StyleGAN2Adapter(AdaptableGenerator):
@@ -70,11 +70,42 @@ class StyleGAN2Adapter(AdaptableGenerator):
             frozen |= {id(p) for block in self.G.synthesis.blocks() for p in block.torgb.parameters()}
         return [p for p in self.G.synthesis.parameters() if id(p) not in frozen]
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What the checkpoint recorded (an adapted model: source, target text, method...)."""
+        return dict(self.G.metadata)
+
+    def set_noise_mode(self, mode: str) -> None:
+        """'const' (the stored noise buffers), 'random' or 'none' for render()."""
+        self.noise_mode = mode
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.G.c_dim)
+
+    def sample_class_latents(self, n: int, class_idx: int, generator: Optional[torch.Generator] = None,
+                             truncation: float = 1.0) -> torch.Tensor:
+        """n W codes of one class: z ~ N(0, I) with a one-hot label through the mapping."""
+        z = torch.randn([n, self.G.z_dim], generator=generator).to(self.device)
+        c = torch.zeros([n, self.G.c_dim], device=self.device)
+        c[:, class_idx] = 1
+        return self.G.mapping(z, c, truncation_psi=truncation)[:, 0]
+
+    export_formats = ("rosinality",)
+
+    def export(self, path: str, fmt: str, metadata: Optional[dict[str, Any]] = None) -> None:
+        """Write the network as another tool's checkpoint: 'rosinality' (stylegan2-pytorch `.pt`, g_ema)."""
+        if fmt != "rosinality":
+            super().export(path, fmt, metadata)
+        from ipl.generators.stylegan2.export import export_rosinality
+
+        export_rosinality(self.G, path, metadata)
+
     def noise_parameters(self) -> list[nn.Parameter]:
         """The per-layer noise strengths (one scalar per synthesis convolution); stage 2 may keep them frozen."""
         return [p for name, p in self.G.synthesis.named_parameters() if name.endswith("noise_strength")]
 
     def save(self, path: str, metadata: Optional[dict[str, Any]] = None) -> None:
-        from generators.stylegan2.checkpoints import save
+        from ipl.generators.stylegan2.checkpoints import save
 
         save(self.G, path, metadata)

@@ -15,10 +15,10 @@ from typing import Any, Optional, Union
 
 import torch
 
-from generators.stylegan2.network import Generator
-from generators.stylegan2.rosinality import convert_rosinality, load_state
-from ipl.atomic import atomic_path
-from ipl.errors import CheckpointError, IPLError, UnsafePickleError
+from ipl.generators.stylegan2.network import Generator
+from ipl.generators.stylegan2.rosinality import convert_rosinality, load_state
+from ipl.core.atomic import atomic_path
+from ipl.core.errors import CheckpointError, IPLError, UnsafePickleError
 
 PathLike = Union[str, os.PathLike]
 FORMAT_NAME = "ipl.stylegan2"
@@ -147,7 +147,7 @@ def save(G: Generator, path: PathLike, metadata: Optional[dict[str, Any]] = None
     if not isinstance(G, Generator):
         raise TypeError(f"generators.save expects a StyleGAN2 Generator, got {type(G).__name__}")
     path = Path(path)
-    meta = dict(getattr(G, "metadata", {}) or {})
+    meta = dict(G.metadata)
     meta.update(metadata or {})
     header = {
         "ipl.format": FORMAT_NAME,
@@ -178,7 +178,7 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Generator:
         G = convert_rosinality(ckpt, path)
         G.metadata = {"converted_from": {"format": "rosinality", "path": str(path)}}
     else:
-        from generators.stylegan2.nvidia import load_nvidia_pickle
+        from ipl.generators.stylegan2.nvidia import load_nvidia_pickle
 
         G = load_nvidia_pickle(path)
         G.metadata = {"converted_from": {"format": "nvidia-pkl", "path": str(path)}}

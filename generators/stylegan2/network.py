@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import cuda_ops
-
+from ipl import cuda_ops
 NoiseArg = Optional[Sequence[Optional[torch.Tensor]]]
 
 # rosinality's base widths; resolutions above 32 are multiplied by channel_multiplier.
@@ -63,7 +62,7 @@ class FullyConnected(nn.Module):
         self,
         in_features: int,            # input width
         out_features: int,           # output width
-        activation: str = "linear",  # 'linear' or any cuda_ops.bias_act activation, e.g. 'lrelu'
+        activation: str = "linear",  # 'linear' or any ipl.cuda_ops.bias_act activation, e.g. 'lrelu'
         lr_multiplier: float = 1.0,  # learning-rate multiplier (scales weight and bias at run time)
         bias_init: float = 0.0,      # initial (effective) bias value
     ) -> None:
@@ -450,6 +449,8 @@ class Generator(nn.Module):
             num_fp16_res=num_fp16_res, resample_filter=[float(t) for t in resample_filter],
             truncation_style=truncation_style,
         )
+        # What a checkpoint in our format recorded about this network (source, target text, method...).
+        self.metadata: dict = {}
         self.set_impl(impl)
 
     @classmethod

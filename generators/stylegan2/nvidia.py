@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 import torch
 
-from generators.stylegan2.network import Generator
-from generators.stylegan2.rosinality import load_state
-from generators.stylegan2.safe_pickle import PersistentRecord, safe_load_pickle
-from ipl.errors import CheckpointError
+from ipl.generators.stylegan2.network import Generator
+from ipl.generators.stylegan2.rosinality import load_state
+from ipl.generators.stylegan2.safe_pickle import PersistentRecord, safe_load_pickle
+from ipl.core.errors import CheckpointError
 
 def flatten_state(record: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
     """The module's state_dict() names -> tensors, walking _parameters, _buffers, then child _modules."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from generators.stylegan2.network import Generator
-from ipl.errors import CheckpointError
+from ipl.generators.stylegan2.network import Generator
+from ipl.core.errors import CheckpointError
 
 
 def is_rosinality_state(sd: Any) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-from ipl.errors import CheckpointError, UnsafePickleError
+from ipl.core.errors import CheckpointError, UnsafePickleError
 
 
 @dataclass

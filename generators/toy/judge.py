@@ -1,21 +1,22 @@
 """The toy judge: a small CNN classifying domain, shape and colour; the referee of toy adaptation runs.
 
-Trained by scripts/build_toy_judge.py on renders; never used by any training loss.
+Trained by scripts/toy/build_toy_judge.py on renders; never used by any training loss.
 """
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from ipl.core.assets import shipped
+
 from .captions import domain_from_text
 from .render import COLOURS, DOMAINS, SHAPES
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
+ASSETS = shipped("toy")
 JUDGE_CONFIG = ASSETS / "judge_config.json"
 JUDGE_WEIGHTS = ASSETS / "judge.safetensors"
 
@@ -73,17 +74,17 @@ _CACHE: dict[str, Judge] = {}
 
 
 def load_judge(device="cpu") -> Judge:
-    """The shipped judge (assets/toy/judge.safetensors + judge_config.json), eval mode, frozen."""
+    """The shipped judge (ipl/assets/toy/judge.safetensors + judge_config.json), eval mode, frozen."""
     from safetensors.torch import load_file
 
-    from ipl.errors import WeightsNotFoundError
+    from ipl.core.errors import WeightsNotFoundError
 
     key = str(device)
     if key in _CACHE:
         return _CACHE[key]
     if not JUDGE_CONFIG.exists() or not JUDGE_WEIGHTS.exists():
         raise WeightsNotFoundError(f"toy judge assets missing: expected {JUDGE_CONFIG} and {JUDGE_WEIGHTS}; "
-                                   f"rebuild them with `python scripts/build_toy_judge.py`")
+                                   f"rebuild them with `python scripts/toy/build_toy_judge.py`")
     cfg = json.loads(JUDGE_CONFIG.read_text())
     judge = Judge(**cfg["model"])
     judge.load_state_dict(load_file(str(JUDGE_WEIGHTS)))
@@ -107,7 +108,7 @@ def judge_report(source_images: torch.Tensor, adapted_images: torch.Tensor, targ
     content_kept: share whose judged shape and colour equal those judged on the source image.
     diversity_kept: entropy of judged shape x colour over adapted / the same over source samples.
     clip_judge_agreement: share of adapted samples where `clip`'s zero-shot domain equals the judge's
-    (None without a clip). `clip` is an ipl.clip.FrozenClip or an open_clip model with a `tokenizer` given
+    (None without a clip). `clip` is an ipl.method.clip.FrozenClip or an open_clip model with a `tokenizer` given
     via a (model, tokenizer) tuple. target_domain: a domain name or a target text naming one.
     """
     assert source_images.shape == adapted_images.shape, (source_images.shape, adapted_images.shape)

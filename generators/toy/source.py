@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from ipl.core.assets import shipped
+
 from .render import SceneParams, params_from_unit
 
-GENERATOR_PATH = Path(__file__).resolve().parents[2] / "assets" / "toy" / "generator.safetensors"
+GENERATOR_PATH = shipped("toy/generator.safetensors")
 Z_DIM = 16
 W_DIM = 128
 C_DIM = 3
@@ -22,7 +24,7 @@ CHANNELS = {4: 128, 8: 128, 16: 64, 32: 32, 64: 16}
 
 
 def generator_kwargs() -> dict:
-    """Constructor arguments of generators.stylegan2.Generator for the toy source model."""
+    """Constructor arguments of ipl.generators.stylegan2.Generator for the toy source model."""
     return dict(z_dim=Z_DIM, w_dim=W_DIM, c_dim=C_DIM, img_resolution=64, mapping_layers=4,
                 mapping_lr_multiplier=0.1, channels=dict(CHANNELS))
 

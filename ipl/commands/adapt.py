@@ -7,8 +7,8 @@ from typing import Optional
 
 import click
 
-from ipl.config import AdaptConfig, slugify
-from ipl.errors import IPLError
+from ipl.core.config import AdaptConfig, slugify
+from ipl.core.errors import IPLError
 
 _D = AdaptConfig()  # defaults shown in --help come from the dataclass
 
@@ -112,6 +112,7 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
             length_weight, length_ratio, freeze_noise, truncation, diffusion_opts, source_images, out,
             device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
     """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
+    from ipl import generators
     from ipl.registry import get_source, is_registry_name, run_defaults_for
     from ipl.run import Resources, prepare, run_adapt
 
@@ -125,8 +126,8 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
     if is_registry_name(source):
         entry = get_source(source)
         default_text, default_clips = entry.source_text, list(entry.clip)
-    elif Path(source).expanduser().is_file() or Path(source).expanduser().is_dir():  # dir: diffusers folder
-        default_text, default_clips = "photo", list(_D.clip)
+    elif Path(source).expanduser().exists() or any(f.claims_name(source) for f in generators.FAMILIES):
+        default_text, default_clips = "photo", list(_D.clip)  # a file, a folder, a hub id a family finds
     else:
         get_source(source)  # unknown name: lists the known ones
         raise AssertionError("unreachable")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import click
 
-from ipl.atomic import write_json
+from ipl.core.atomic import write_json
 from ipl.metrics.runner import METRICS, EvalResult, EvalSettings, evaluate, parse_metrics
 
 RANDOM_MARK = "*"

@@ -10,8 +10,12 @@ from typing import Optional, Union
 import click
 import torch
 
-from ipl.errors import IPLError
-from ipl.interface import AdaptableGenerator
+from ipl import generators
+from ipl.core.errors import IPLError
+from ipl.core.images import read_image_folder, save_grid, save_images
+from ipl.core.interface import AdaptableGenerator
+from ipl.registry import get_source, is_registry_name
+from ipl.run import load_run, resolve_source
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,17 +52,14 @@ def parse_seeds(text: str) -> list[int]:
 def resolve_generators(path: PathLike, device: Union[str, torch.device] = "cpu",
                        source_too: bool = False) -> list[NamedGenerator]:
     """The generators `ipl sample PATH` renders, as rows: a checkpoint gives one; a run folder its adapted
-    generator (and, with source_too, the source generator first, which also draws the latents)."""
-    import generators
-
+    generator (and, with source_too, the source generator first)."""
+    if not Path(path).exists() and is_registry_name(str(path)):  # a registry name: its (shipped or cached) file
+        path = resolve_source(str(path))[0]
     path = Path(path)
     if not path.exists():
-        raise IPLError(f"{path}: no such checkpoint file or run folder")
+        raise IPLError(f"{path}: no such checkpoint file, run folder or registry name (see `ipl models list`)")
     if path.is_dir() and (path / "config.json").is_file():
-        # A run folder written by `ipl adapt` (ipl/run.py owns its layout).
-        from ipl.run import load_run
-
-        info = load_run(path, device=str(device))
+        info = load_run(path, device=str(device))  # a run folder written by `ipl adapt`
         rows = [NamedGenerator("adapted", info.adapted_generator)]
         if source_too:
             rows.insert(0, NamedGenerator("source", info.source_generator))
@@ -71,67 +72,43 @@ def resolve_generators(path: PathLike, device: Union[str, torch.device] = "cpu",
 def seed_latents(generator: AdaptableGenerator, seeds: list[int], truncation: float = 1.0,
                  class_idx: Optional[int] = None) -> torch.Tensor:
     """One latent per seed, each drawn from its own torch.Generator (so batches never change images)."""
-    G = getattr(generator, "G", None)
-    if class_idx is not None:
-        if G is None or not hasattr(G, "c_dim"):
-            raise IPLError("--class only applies to conditional StyleGAN2 generators")
-        if G.c_dim == 0:
-            raise IPLError("--class was given but the generator is unconditional (c_dim = 0)")
-        if not 0 <= class_idx < G.c_dim:
-            raise IPLError(f"--class {class_idx} is out of range; this generator has {G.c_dim} classes "
-                           f"(0..{G.c_dim - 1})")
-    out = []
-    for seed in seeds:
-        gen = torch.Generator().manual_seed(seed)
-        if class_idx is None:
-            out.append(generator.sample_latents(1, gen, truncation=truncation))
-        else:
-            z = torch.randn([1, G.z_dim], generator=gen).to(G.w_avg.device)
-            c = torch.zeros([1, G.c_dim], device=G.w_avg.device)
-            c[0, class_idx] = 1
-            out.append(G.mapping(z, c, truncation_psi=truncation)[:, 0])
-    return torch.cat(out)
+    return generator.seed_latents(seeds, truncation, class_idx)
 
 
 @torch.no_grad()
 def render_rows(rows: list[AdaptableGenerator], seeds: list[int], truncation: float = 1.0,
-                class_idx: Optional[int] = None, batch: int = 8, progress: bool = True) -> list[torch.Tensor]:
-    """For each row, images [len(seeds), 3, H, W] (raw, [-1, 1] nominal); latents come from the first row."""
+                class_idx: Optional[int] = None, batch: int = 8, progress: bool = True,
+                steps: Optional[int] = None) -> list[torch.Tensor]:
+    """For each row, images [len(seeds), 3, H, W] (raw, [-1, 1] nominal), the same seeds in every row."""
     from tqdm import tqdm
 
     out: list[list[torch.Tensor]] = [[] for _ in rows]
     with tqdm(total=len(seeds), desc="sampling", unit="img", disable=not progress or len(seeds) <= batch) as bar:
         for i in range(0, len(seeds), batch):
-            latents = seed_latents(rows[0], seeds[i: i + batch], truncation, class_idx)
+            chunk = seeds[i: i + batch]
             for r, generator in enumerate(rows):
-                out[r].append(generator.render(latents).float().cpu())
-            bar.update(len(latents))
+                out[r].append(generator.sample_seeds(chunk, truncation, class_idx, steps).float().cpu())
+            bar.update(len(chunk))
     return [torch.cat(images) for images in out]
 
 
 def render_seeds(G: torch.nn.Module, seeds: list[int], truncation: float = 1.0, noise_mode: str = "const",
                  class_idx: Optional[int] = None, batch: int = 8, progress: bool = True) -> torch.Tensor:
     """Images [len(seeds), 3, H, W] from a StyleGAN2 Generator (or any AdaptableGenerator), one seed each."""
-    from generators.stylegan2.adapter import StyleGAN2Adapter
+    from ipl.generators.stylegan2.adapter import StyleGAN2Adapter
 
     generator = G if isinstance(G, AdaptableGenerator) else StyleGAN2Adapter(G, noise_mode=noise_mode)
     return render_rows([generator], seeds, truncation, class_idx, batch, progress)[0]
 
 
-def _is_diffusion(target: PathLike) -> bool:
-    """True for a diffusion run folder, an ipl diffusion file, a diffusers folder or a diffusion registry name."""
-    from generators.diffusion import is_diffusion_checkpoint
-
-    return is_diffusion_checkpoint(target)
-
-
 @click.command("sample")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--ckpt", type=click.Path(path_type=Path), help="Generator checkpoint (.pt/.pkl/.safetensors) "
-              "or run folder; same as the positional PATH.")
+@click.option("--ckpt", type=click.Path(path_type=Path), help="Generator checkpoint (.pt/.pkl/.safetensors), "
+              "run folder or registry name (e.g. toy); same as the positional PATH.")
 @click.option("--n", "n", type=int, default=None, help="Number of images (seeds 0..n-1 unless --seeds). [default: 16]")
 @click.option("--seeds", type=str, default=None, help="Seeds, e.g. 0-15 or 1,5,9 (one image per seed).")
-@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi toward w_avg.")
+@click.option("--truncation", type=float, default=None, help="Truncation psi toward w_avg [default: the "
+              "registry's sample truncation for a registry name (ffhq 0.7), else 1.0].")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--class", "class_idx", type=int, default=None, help="Class index for conditional generators "
               "(default: a random class per seed).")
@@ -153,27 +130,28 @@ def command(path, ckpt, n, seeds, truncation, noise_mode, class_idx, out, outdir
             batch, device) -> None:
     """Render images from a StyleGAN2 checkpoint (rosinality .pt, NVIDIA .pkl, ipl .safetensors), a diffusion
     model, or a run."""
-    from ipl.images import save_grid, save_images
-
+    if truncation is None:
+        named = path if path is not None else ckpt
+        truncation = (get_source(str(named)).sample_truncation if named is not None and not Path(named).exists()
+                      and is_registry_name(str(named)) else 1.0)
     if path is not None and ckpt is not None and Path(path) != Path(ckpt):
         raise IPLError("give the generator either as PATH or as --ckpt, not both")
     target = ckpt if ckpt is not None else path
     if target is None:
         raise IPLError("no generator given: use `ipl sample --ckpt FILE` or `ipl sample RUN_FOLDER`")
-    if _is_diffusion(target):
-        if class_idx is not None:
-            raise IPLError("--class only applies to conditional StyleGAN2 generators, not diffusion models")
-        if truncation != 1.0:
-            raise IPLError("--truncation does not apply to diffusion models (no truncation trick); drop it")
-        from generators.diffusion import sampling
-
-        # Diffusion models sample from seeded noise (and edit real images): their own command does it.
-        click.get_current_context().invoke(sampling.command, path=Path(target), n=n, seeds=seeds, steps=steps,
-                                           edit_dir=edit_dir, source_too=source_too, out=out, outdir=outdir,
-                                           nrow=nrow, batch=batch, device=device)
+    if batch <= 0:
+        raise IPLError(f"--batch must be positive, got {batch}")
+    if out is None and outdir is None:
+        out = Path("grid.png")
+    if edit_dir is not None:  # real images moved into the target domain: rows are input over edited
+        if not (Path(target) / "config.json").is_file():
+            raise IPLError(f"--edit needs a run folder (source + adapted generator); {target} is one generator")
+        rows = resolve_generators(target, device=device, source_too=True)
+        images = read_image_folder(edit_dir, rows[1].generator.resolution)
+        edited = torch.cat([rows[1].generator.edit_images(rows[0].generator, x) for x in images.split(batch)])
+        _write([images, edited], ["input", "edited"], [f"edit{i:04d}" for i in range(len(images))],
+               out, outdir, nrow)
         return
-    if steps is not None or edit_dir is not None:
-        raise IPLError(f"--steps and --edit apply to diffusion models and runs only; {target} is not one")
     if seeds is not None:
         seed_list = parse_seeds(seeds)
         if n is not None and n != len(seed_list):
@@ -183,23 +161,21 @@ def command(path, ckpt, n, seeds, truncation, noise_mode, class_idx, out, outdir
         if n is not None and n <= 0:
             raise IPLError(f"--n must be positive, got {n}")
         seed_list = list(range(16 if n is None else n))
-    if batch <= 0:
-        raise IPLError(f"--batch must be positive, got {batch}")
-    if out is None and outdir is None:
-        out = Path("grid.png")
-
     rows = resolve_generators(target, device=device, source_too=source_too)
     for row in rows:
-        if hasattr(row.generator, "noise_mode"):
-            row.generator.noise_mode = noise_mode
+        row.generator.set_noise_mode(noise_mode)
     images = render_rows([row.generator for row in rows], seed_list, truncation=truncation, class_idx=class_idx,
-                         batch=batch)
+                         batch=batch, steps=steps)
+    _write(images, [row.name for row in rows], [f"seed{s:04d}" for s in seed_list], out, outdir, nrow)
+
+
+def _write(images: list[torch.Tensor], row_names: list[str], names: list[str], out: Optional[Path],
+           outdir: Optional[Path], nrow: Optional[int]) -> None:
+    """One grid (a row per generator) and/or one PNG per image (a subfolder per row when there are several)."""
     if out is not None:
         save_grid(images, out, nrow=nrow)
-        click.echo(f"wrote {out} ({len(seed_list)} seeds x {len(rows)} generator(s))")
+        click.echo(f"wrote {out} ({len(names)} images x {len(images)} row(s))")
     if outdir is not None:
-        names = [f"seed{s:04d}" for s in seed_list]
-        for row, imgs in zip(rows, images):
-            folder = Path(outdir) / row.name if len(rows) > 1 else Path(outdir)
-            save_images(imgs, folder, names)
-        click.echo(f"wrote {len(seed_list) * len(rows)} PNGs to {outdir}")
+        for row_name, imgs in zip(row_names, images):
+            save_images(imgs, Path(outdir) / row_name if len(images) > 1 else Path(outdir), names)
+        click.echo(f"wrote {len(names) * len(images)} PNGs to {outdir}")

@@ -19,7 +19,7 @@ class ClipScore:
     """Accumulates the CLIP score of streamed image batches against one text."""
 
     def __init__(self, clip, text: str):
-        self.clip = clip                      # ipl.clip.FrozenClip (names its spec, knows if weights are random)
+        self.clip = clip                      # ipl.method.clip.FrozenClip (names its spec, knows if weights are random)
         self.text = text                      # the target text, as given (no template added)
         with torch.no_grad():
             self.text_features = clip.encode_texts([text])[0]

@@ -19,7 +19,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from ipl.errors import CheckpointError, IPLError, WeightsNotFoundError
+from ipl.core.errors import CheckpointError, IPLError, WeightsNotFoundError
 from ipl.metrics.weights import WeightsFile, resolve_weights
 
 INCEPTION = WeightsFile(name="Inception-v3 (torch-fidelity, for FID/KID/IS)", url=URL_INCEPTION_V3,

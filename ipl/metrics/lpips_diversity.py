@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from ipl.errors import CheckpointError, WeightsNotFoundError
+from ipl.core.errors import CheckpointError, WeightsNotFoundError
 from ipl.metrics.weights import WeightsFile, resolve_weights
 
 # The ImageNet backbone each LPIPS variant is built on (torchvision's weights; the package ships only the

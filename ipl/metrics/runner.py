@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from ipl.errors import IPLError, WeightsNotFoundError
+from ipl.core.errors import IPLError, WeightsNotFoundError
 from ipl.metrics import fid as fidlib
 from ipl.metrics.sources import EvalInput, image_batches, list_images, open_input, read_image, sample_batches
 
@@ -155,7 +155,7 @@ class JudgeFeatures:
 
 def toy_renders(domain: str, n: int, resolution: int, seed: int, batch: int = 512) -> torch.Tensor:
     """n renders of a toy domain at `resolution` (the reference set of the judge-FID)."""
-    from generators.toy.render import render, sample_params
+    from ipl.generators.toy.render import render, sample_params
 
     g = torch.Generator().manual_seed(10_000 + seed)
     p = sample_params(n, generator=g)
@@ -263,7 +263,7 @@ def evaluate(s: EvalSettings) -> EvalResult:
     clip = None
     if "clip-score" in metrics or "judge" in metrics:
         spec = s.clip or next((i.clip_specs[0] for i in inputs if i.clip_specs), None) or DEFAULT_CLIP
-        from ipl.clip import load_clip, parse_clip_spec
+        from ipl.method.clip import load_clip, parse_clip_spec
 
         try:
             clip = load_clip(spec, device=str(device))
@@ -272,17 +272,16 @@ def evaluate(s: EvalSettings) -> EvalResult:
                 raise
             parsed = parse_clip_spec(spec)  # missing and allowed: same architecture, random weights, labelled
             clip = load_clip(f"{parsed.name}:none", device=str(device))
-        if getattr(clip, "random_weights", False):
+        if clip.random_weights:
             if not s.allow_random_weights:
                 raise IPLError(f"CLIP {spec} has random weights; no reported number may come from it. Give "
                                f"real weights, or --allow-random-weights for a smoke test only.")
             result.random_weights.append(f"clip {spec}")
-        result.weights["clip"] = {"spec": str(clip.spec), "random_weights": bool(getattr(clip, "random_weights",
-                                                                                        False)),
+        result.weights["clip"] = {"spec": str(clip.spec), "random_weights": bool(clip.random_weights),
                                   **_clip_weights_file(clip)}
     judge = None
     if any(m in metrics for m in TOY_METRICS):
-        from generators.toy.judge import JUDGE_WEIGHTS, load_judge
+        from ipl.generators.toy.judge import JUDGE_WEIGHTS, load_judge
 
         judge = load_judge(device=str(device))
         result.weights["judge"] = {"path": str(JUDGE_WEIGHTS), "sha256": fidlib.file_digest(JUDGE_WEIGHTS)}
@@ -297,7 +296,7 @@ def evaluate(s: EvalSettings) -> EvalResult:
 
 def _clip_weights_file(clip) -> dict[str, Any]:
     """The local weights file behind a CLIP spec, with its SHA-256, where there is one."""
-    from ipl.clip import TOY_CLIP_WEIGHTS
+    from ipl.method.clip import TOY_CLIP_WEIGHTS
 
     spec = clip.spec
     path = None
@@ -397,7 +396,7 @@ def _evaluate_one(inp: EvalInput, s: EvalSettings, metrics: list[str], device: t
         details["intra-lpips"] = {"samples": len(images), "centres": where, "size": lp_size,
                                   "net": s.lpips_net, **asdict(r)}
     if want_judge:
-        from generators.toy.judge import judge_report
+        from ipl.generators.toy.judge import judge_report
 
         adapted, source = torch.cat(adapted_keep), torch.cat(source_keep)
         text = inp.target_text or target_text
@@ -407,7 +406,7 @@ def _evaluate_one(inp: EvalInput, s: EvalSettings, metrics: list[str], device: t
             for k in ("target_rate", "content_kept", "diversity_kept", "degraded_rate", "clip_judge_agreement"):
                 values[f"judge:{k}"] = report.get(k)
         if "judge-fid" in metrics:
-            from generators.toy.captions import domain_from_text
+            from ipl.generators.toy.captions import domain_from_text
 
             target = domain_from_text(text)
             jf = JudgeFeatures(judge)

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ipl.errors import IPLError
+from ipl import generators
+from ipl.core.errors import IPLError
+from ipl.core.images import IMAGE_EXTS
+from ipl.run import load_run
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LATENT_CHUNK = 256
 # Sources of the shipped toy world: their runs are scored by the toy judge.
 TOY_SOURCES = ("toy", "toy-ddpm")
@@ -119,8 +121,6 @@ def open_input(path: str, device: str = "cpu", taken: Optional[set[str]] = None)
     if not p.exists():
         raise IPLError(f"{path}: no such run folder, checkpoint or image folder.")
     if p.is_dir() and (p / "config.json").is_file() and _looks_like_run(p / "config.json"):
-        from ipl.run import load_run
-
         info = load_run(p, device=device)
         target, clips, toy = _run_meta(info.config)
         inp = EvalInput(label=_label(p, taken), path=str(path), kind="run", generator=info.adapted,
@@ -131,8 +131,6 @@ def open_input(path: str, device: str = "cpu", taken: Optional[set[str]] = None)
         images = list_images(p)
         if images:
             return EvalInput(label=_label(p, taken), path=str(path), kind="images", image_paths=images)
-    import generators
-
     try:
         gen = generators.load_adaptable(str(p), device=device)
     except IPLError:
@@ -147,15 +145,9 @@ def open_input(path: str, device: str = "cpu", taken: Optional[set[str]] = None)
 
 def _source_check(info: Any) -> dict[str, Any]:
     """The SHA-256 of the source checkpoint loaded now against the one the run was trained from."""
-    from ipl.metrics.fid import file_digest
-
     recorded = info.config.get("resolved", {}).get("source_sha256")
-    from generators.diffusion import is_diffusion_source, resolve as resolve_diffusion
-
-    if is_diffusion_source(info.source_path):  # a folder (or file) digested the way `ipl adapt` recorded it
-        now = resolve_diffusion(str(info.source_path))[1]
-    else:
-        now = file_digest(info.source_path)
+    # Digested the way `ipl adapt` recorded it: by the family that reads it (a file's or a folder's SHA-256).
+    now = generators.family_for_path(info.source_path).fingerprint(Path(info.source_path))
     out: dict[str, Any] = {"source_path": str(info.source_path), "source_sha256": now,
                            "source_sha256_at_training": recorded}
     if recorded and recorded != now:
@@ -175,7 +167,7 @@ def _looks_like_run(config_path: Path) -> bool:
 
 def _generator_meta(gen: Any) -> dict:
     """Adaptation metadata a checkpoint in the project's format carries (target text, CLIP specs)."""
-    meta = getattr(getattr(gen, "G", gen), "metadata", None) or {}
+    meta = gen.metadata
     inner = meta.get("ipl") if isinstance(meta.get("ipl"), dict) else meta
     out: dict = {}
     if isinstance(inner.get("target_text"), str):
@@ -201,13 +193,6 @@ def _device_of(module: Any) -> torch.device:
         return next(module.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device("cpu")
-
-
-def _draws_from_pool(gen: Any) -> bool:
-    """True for generators whose latents are picks from a finite pool (diffusion: inverted source images)."""
-    from generators.diffusion.adapter import DiffusionAdapter
-
-    return isinstance(gen, DiffusionAdapter)
 
 
 def _latents(gen: Any, seed: int, chunk: int, truncation: float, count: int = LATENT_CHUNK) -> torch.Tensor:
@@ -238,7 +223,7 @@ def sample_batches(inp: EvalInput, n: int, batch: int, seed: int = 0, truncation
                        "generators), not a single checkpoint.")
     # A pool generator gives n distinct latents only when asked for all n at once (each call draws from the
     # same pool, so chunks would repeat images); the others draw fixed-size chunks (sample i fixed by seed).
-    pooled = _draws_from_pool(gen)
+    pooled = gen.latents_from_pool
     done, chunk = 0, 0
     while done < n:
         lat = _latents(gen, seed, chunk, truncation, count=n if pooled else LATENT_CHUNK)

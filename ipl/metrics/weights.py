@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ipl.errors import WeightsNotFoundError
+from ipl.core.errors import WeightsNotFoundError
 
 OFFLINE_VARS = ("IPL_OFFLINE", "HF_HUB_OFFLINE")
 

@@ -1,0 +1,58 @@
+"""Adaptive layer freezing (StyleGAN-NADA): unfreeze the k layers a probe step on W+ moves most."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Optional, Sequence
+
+import torch
+
+from ipl.core.interface import AdaptableGenerator
+
+
+def select_layers(generator: AdaptableGenerator, clips: Sequence, target_feats: Sequence[torch.Tensor],
+                  k: Optional[int], latents: torch.Tensor, lr: float = 0.01,
+                  autocast: Callable[[], ContextManager] = nullcontext) -> list[int]:
+    """Indices of the k layer groups whose per-layer latents move most in one SGD step toward the target.
+
+    generator:    G_t (its parameters must not require grad here; only the W+ probe is differentiated)
+    clips:        FrozenClip models (each with `.weight` and `encode_images`)
+    target_feats: per CLIP model, the target text embedding [1, D] (unnormalised is fine)
+    k:            how many layers to unfreeze; None, or k >= num_layers, means all of them
+    latents:      the probe batch (NADA uses 8), as from `generator.sample_latents`
+    lr:           the probe's SGD learning rate (NADA: 0.01)
+    """
+    from ipl.method.losses import global_clip_loss
+
+    n_layers = generator.num_layers()
+    if n_layers == 0 or k is None or k >= n_layers:
+        return list(range(n_layers))
+    assert len(clips) == len(target_feats), "one target feature per CLIP model"
+    with torch.no_grad():
+        w_plus = generator.lift(latents).detach()
+    assert w_plus.shape[0] == latents.shape[0] and w_plus.shape[1] == n_layers, \
+        f"lift() gave {tuple(w_plus.shape)}, expected [N={latents.shape[0]}, {n_layers}, ...]"
+    w_plus.requires_grad_(True)
+    with autocast():
+        images = generator.render_layers(w_plus)
+        loss = 0.0
+        for clip, feat in zip(clips, target_feats):
+            loss = loss + clip.weight * global_clip_loss(clip.encode_images(images), feat)
+    (grad,) = torch.autograd.grad(loss, [w_plus])
+    # The SGD step moves each entry by lr * grad; rank layers by the mean size of that move.
+    moved = (lr * grad.float()).abs().flatten(2).mean(dim=2).mean(dim=0)  # [num_layers]
+    chosen = torch.topk(moved, k).indices
+    return sorted(int(i) for i in chosen)
+
+
+def parameters_of_layers(generator: AdaptableGenerator, layers: Sequence[int],
+                         allowed: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """Parameters driven by `layers`, restricted to `allowed` (trainable ones), without duplicates, in order."""
+    allowed_ids = {id(p) for p in allowed}
+    seen: set[int] = set()
+    out = []
+    for i in layers:
+        for p in generator.layer_parameters(i):
+            if id(p) in allowed_ids and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out

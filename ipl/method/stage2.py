@@ -1,0 +1,299 @@
+"""Stage 2: adapt a copy of the generator with the directional CLIP loss (IPL or NADA's fixed direction).
+
+The trainer talks to the generator only through `ipl.core.interface.AdaptableGenerator`. A generator
+family may add loss terms of its own through `AdaptableGenerator.extra_losses(latents, images_t)`
+(e.g. diffusion: an L1 term to the source image); each returned scalar, already weighted, is added to
+the total and logged under its key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ipl.core.config import AdaptConfig
+from ipl.method.ema import EMA
+from ipl.core.errors import IPLError
+from ipl.method.freezing import parameters_of_layers, select_layers
+from ipl.core.interface import AdaptableGenerator
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(IPLError):
+    """A loss term became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+_D = AdaptConfig()  # the one place the defaults live
+
+
+@dataclass
+class Stage2Settings:
+    """The stage-2 hyperparameters; defaults and meanings are AdaptConfig's (ipl.core.config)."""
+
+    method: str = _D.method
+    iters: int = _D.iters
+    batch: int = _D.batch
+    lr: float = _D.lr
+    beta1: float = _D.beta1
+    beta2: float = _D.beta2
+    ema_decay: float = _D.ema_decay
+    layers: Optional[int] = None       # k unfrozen per step, resolved from AdaptConfig.layers; None: all
+    layer_batch: int = _D.layer_batch
+    layer_lr: float = _D.layer_lr
+    layer_every: int = _D.layer_every
+    augment_views: int = _D.augment_views
+    length_weight: float = _D.length_weight
+    length_ratio: float = 0.0          # resolved from AdaptConfig.length_ratio (needed when length_weight > 0)
+    freeze_noise: bool = _D.freeze_noise
+    truncation: float = 1.0            # resolved from AdaptConfig.truncation (the registry's when None)
+    precision: str = _D.precision
+    seed: int = _D.seed
+
+    @classmethod
+    def from_config(cls, cfg: AdaptConfig, layers: Optional[int], truncation: float) -> "Stage2Settings":
+        """The stage-2 part of a run's config, with the values the run resolved from the registry."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"layers", "truncation", "length_ratio"}
+        return cls(layers=layers, truncation=truncation, length_ratio=cfg.length_ratio or 0.0,
+                   **{name: getattr(cfg, name) for name in names})
+
+
+def autocast_factory(device: torch.device, precision: str):
+    """A zero-argument callable returning the autocast context for this precision."""
+    if precision == "fp32":
+        return nullcontext
+    dtype = _DTYPES[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no grad on any weight (frozen networks are never differentiated w.r.t. weights)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Stage2Trainer:
+    """G_t = copy of G_s trained for `settings.iters` steps; an EMA of it is the result.
+
+    source:      the frozen source generator G_s (left untouched)
+    clips:       FrozenClip models; each contributes weight * directional loss
+    source_text: class text of the source domain ("photo")
+    target_text: class text of the target domain ("Pixar character")
+    learners:    IPL: one frozen PromptLearner per CLIP model (from stage 1); NADA: None
+    settings:    hyperparameters
+    """
+
+    def __init__(self, source: AdaptableGenerator, clips: Sequence, source_text: str, target_text: str,
+                 learners: Optional[Sequence[nn.Module]], settings: Stage2Settings):
+        from ipl.method.templates import template_features
+
+        self.settings = s = settings
+        if s.length_weight > 0 and not s.length_ratio > 0:
+            raise IPLError(f"the length term (weight {s.length_weight}) needs a positive length ratio, got "
+                           f"{s.length_ratio}: pass --length-ratio (0.69 for the shipped toy CLIP)")
+        self.clips = list(clips)
+        self.source_text, self.target_text = source_text, target_text
+        self.device = next(source.parameters()).device
+        self.G_s = freeze(source)
+        self.G_t = source.copy()
+        self.G_t.eval()  # no dropout/batch-norm semantics wanted; gradients still flow
+        self.G_ema = freeze(source.copy())
+        for p in self.G_t.parameters():
+            p.requires_grad_(False)
+        self.params = list(self.G_t.trainable_parameters())
+        if s.freeze_noise:
+            noise = self.G_t.noise_parameters()
+            if not noise:
+                raise IPLError("--freeze-noise: this generator has no noise inputs (StyleGAN2 sources only)")
+            frozen = {id(p) for p in noise}
+            self.params = [p for p in self.params if id(p) not in frozen]
+        assert self.params, "the generator exposes no trainable parameters"
+        self.ema = EMA(self.G_t, self.G_ema, s.ema_decay)
+        self.opt = torch.optim.Adam(self.params, lr=s.lr, betas=(s.beta1, s.beta2))
+        self.autocast = autocast_factory(self.device, s.precision)
+        use_scaler = s.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        # Latents are drawn from a CPU generator (same stream on every device; AdaptableGenerator moves them).
+        self.rng = torch.Generator(device="cpu")
+        self.rng.manual_seed(int(s.seed) + 1)  # stage 1 uses `seed`; keep stage 2's stream separate
+        self.iteration = 0
+        self.current_layers: Optional[list[int]] = None  # the layers picked by the last probe
+
+        if s.method == "ipl":
+            if learners is None or len(learners) != len(self.clips):
+                raise IPLError("method 'ipl' needs one prompt learner per CLIP model (run stage 1 first)")
+            self.learners = [freeze(m) for m in learners]
+        elif s.method == "nada":
+            self.learners = None
+        else:
+            raise IPLError(f"unknown method {s.method!r}; choose ipl or nada")
+
+        # Fixed text features, computed once. Drop features cached by earlier stages first: a batched
+        # text encode differs from a single one in the last ulp, and a resumed run (which skips stage 1)
+        # must see bit-identical features to an uninterrupted one.
+        for c in self.clips:
+            c.clear_text_cache()
+        with torch.no_grad():
+            # The 79-template means: NADA's one shared direction per CLIP model, and for both methods the
+            # length term's goal (IPL's per-image text changes are longer or shorter than the fixed texts
+            # the ratio was measured on).
+            if s.method == "nada" or s.length_weight > 0:
+                self.template_src = [template_features(c, source_text).reshape(1, -1) for c in self.clips]
+                self.template_tgt = [template_features(c, target_text).reshape(1, -1) for c in self.clips]
+            # Layer probe: raise similarity to the plain target text.
+            self.probe_feats = [c.encode_texts([target_text]).reshape(1, -1) for c in self.clips]
+
+    # ------------------------------------------------------------------ one step
+    def _text_features(self, k: int, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source and target text features for CLIP model k: per image (IPL) or shared [1, D] (NADA)."""
+        if self.learners is None:
+            return self.template_src[k], self.template_tgt[k]
+        from ipl.method.prompts import prompt_features
+
+        codes = self.G_s.codes(latents)
+        clip, learner = self.clips[k], self.learners[k]
+        return (prompt_features(clip, learner, codes, self.source_text),
+                prompt_features(clip, learner, codes, self.target_text))
+
+    def step(self) -> dict[str, Any]:
+        """One stage-2 iteration; returns its log record (loss terms, layers, seconds, memory)."""
+        from ipl.method.augment import paired_views
+
+        s = self.settings
+        t0 = time.perf_counter()
+        for p in self.params:
+            p.requires_grad_(False)
+        self.opt.zero_grad(set_to_none=True)
+
+        # 1. Pick the layers to train this step (probe on fresh latents, nothing else trainable).
+        layers: Optional[list[int]] = None
+        if s.layers is not None and 0 < s.layers < self.G_t.num_layers():
+            if self.current_layers is None or self.iteration % max(1, s.layer_every) == 0:
+                probe = self.G_t.sample_latents(s.layer_batch, generator=self.rng, truncation=s.truncation)
+                self.current_layers = select_layers(self.G_t, self.clips, self.probe_feats, s.layers, probe,
+                                                    lr=s.layer_lr, autocast=self.autocast)
+            layers = list(self.current_layers)
+            active = parameters_of_layers(self.G_t, layers, self.params)
+        else:
+            active = self.params
+        for p in active:
+            p.requires_grad_(True)
+        t_probe = time.perf_counter() - t0
+
+        # 2. Directional loss on a fresh batch.
+        latents = self.G_t.sample_latents(s.batch, generator=self.rng, truncation=s.truncation)
+        terms: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), self.autocast():
+            images_s = self.G_s.render(latents)
+            texts = [self._text_features(k, latents) for k in range(len(self.clips))]
+        with self.autocast():
+            images_t = self.G_t.render(latents)
+            assert images_t.shape == images_s.shape, f"{tuple(images_t.shape)} vs {tuple(images_s.shape)}"
+            views_s, views_t, n_views = images_s, images_t, 1
+            if s.augment_views > 0:
+                n_views = s.augment_views
+                views_s, views_t = paired_views(images_s, images_t, n_views, generator=self.rng)
+            with torch.no_grad():
+                src_feats = [c.encode_images(views_s) for c in self.clips]
+            total = 0.0
+            for k, clip in enumerate(self.clips):
+                tgt_feats = clip.encode_images(views_t)
+                # Per-image text directions line up with the view-major image views.
+                src_txt, tgt_txt = (t.repeat(n_views, 1) if t.shape[0] > 1 else t for t in texts[k])
+                total = total + self.clip_loss(k, src_feats[k], tgt_feats, src_txt, tgt_txt, terms)
+            for name, value in self.G_t.extra_losses(latents, images_t).items():
+                terms[name] = value
+                total = total + value
+        terms["total"] = total
+        self._check_finite(terms)
+
+        self._optimizer_step(total)
+        self.ema.update()
+        for p in active:
+            p.requires_grad_(False)
+        self.iteration += 1
+        record: dict[str, Any] = {"stage": 2, "it": self.iteration}
+        record.update({name: float(v.detach()) for name, v in terms.items()})
+        record["layers"] = layers if layers is not None else "all"
+        record["probe_s"] = round(t_probe, 6)
+        record["seconds"] = round(time.perf_counter() - t0, 6)
+        record["mem_mb"] = memory_mb(self.device)
+        return record
+
+    def clip_loss(self, k: int, src_feats: torch.Tensor, tgt_feats: torch.Tensor, src_txt: torch.Tensor,
+                  tgt_txt: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """CLIP model k's weighted loss: directional (+ length term when on); logs the terms into `terms`."""
+        from ipl.method.losses import directional_loss, length_loss
+
+        s = self.settings
+        args = (src_feats.float(), tgt_feats.float(), src_txt.float(), tgt_txt.float())
+        terms[f"dir_{k}"] = loss = directional_loss(*args)
+        if s.length_weight > 0:
+            terms[f"len_{k}"] = length = length_loss(*args, ratio=s.length_ratio,
+                                                     reference=(self.template_src[k], self.template_tgt[k]))
+            loss = loss + s.length_weight * length
+        return self.clips[k].weight * loss
+
+    def _optimizer_step(self, total: torch.Tensor) -> None:
+        """Backward and one optimiser step (through the fp16 grad scaler when there is one)."""
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        bad = [name for name, v in terms.items() if not math.isfinite(float(v.detach()))]
+        if bad:
+            raise NonFiniteLossError(
+                f"stage 2 iteration {self.iteration + 1}: loss term(s) {', '.join(bad)} became NaN/inf "
+                f"({', '.join(f'{n}={float(v.detach())}' for n, v in terms.items())}). Try --precision fp32, "
+                "a lower --lr, or fewer --iters.")
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit: weights, EMA, optimiser, RNG, iteration."""
+        return {
+            "iteration": self.iteration,
+            "current_layers": self.current_layers,
+            "G_t": self.G_t.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.get_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict` (same settings and source)."""
+        self.iteration = int(state["iteration"])
+        self.current_layers = state.get("current_layers")
+        self.G_t.load_state_dict(state["G_t"])
+        for p in self.G_t.parameters():
+            p.requires_grad_(False)
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.set_state(state["rng"].cpu())
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on GPU, process max RSS on CPU (MiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    except Exception:  # pragma: no cover - non-POSIX
+        return float("nan")
