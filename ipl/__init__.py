@@ -1,6 +1,6 @@
 """ipl: zero-shot generative domain adaptation with Image-specific Prompt Learning (CVPR 2023)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def train_prompts(*args, **kwargs):

@@ -28,7 +28,8 @@ from ipl.core.atomic import torch_save, write_json
 from ipl.core.config import AdaptConfig, parse_layers, slugify
 from ipl.core.errors import IPLError
 from ipl.core.interface import AdaptableGenerator
-from ipl.registry import SourceEntry, get_source, is_registry_name, source_for_file
+from ipl.core.family import GeneratorFamily
+from ipl.registry import SourceEntry, family_of, get_source, is_registry_name, source_for_file
 
 CONFIG = "config.json"
 LOG = "log.jsonl"
@@ -174,11 +175,10 @@ class Resources:
     clips: dict = field(default_factory=dict)        # (specs, device) -> list[FrozenClip]
     learners: dict = field(default_factory=dict)     # target-independent stage-1 results
 
-    def generator(self, path: Path, device: torch.device) -> AdaptableGenerator:
+    def generator(self, path: Path, device: torch.device, family: GeneratorFamily) -> AdaptableGenerator:
         key = (str(path), str(device))
         if key not in self.generators:
-            from ipl import generators
-            self.generators[key] = generators.load_adaptable(str(path), device=str(device))
+            self.generators[key] = family.load(Path(path), device=str(device))
         return self.generators[key]
 
     def clip_models(self, specs: Sequence[str], device: torch.device) -> list:
@@ -208,8 +208,10 @@ def prepare(cfg: AdaptConfig, resume: bool = False, force: bool = False,
                     f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
                     + ". Resume with the same settings, or start a new run with --force / another --out.")
     path, digest, entry = resolve_source(cfg.source, allow_download=allow_download, progress=progress)
+    # The source's generator family, resolved once for the whole run.
+    family = family_of(entry) if entry is not None else generators.family_for_path(path)
     return {"out": out, "mode": mode, "device": device, "source_path": path, "source_sha256": digest,
-            "entry": entry}
+            "entry": entry, "family": family}
 
 
 def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progress: bool = True,
@@ -224,7 +226,7 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
     torch.manual_seed(cfg.seed)
 
     # Load models (errors here leave the folder untouched).
-    source = res.generator(facts["source_path"], device)
+    source = res.generator(facts["source_path"], device, facts["family"])
     entry: SourceEntry = facts["entry"] or source_for_file(str(facts["source_path"]), source.resolution)
     clips = res.clip_models(cfg.clip, device)
     if cfg.freeze_noise and not source.noise_parameters():
@@ -256,7 +258,8 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
         "settings": cfg.to_dict(),
         "resolved": {
             "out": str(out), "device": str(device), "source_path": str(facts["source_path"]),
-            "source_sha256": facts["source_sha256"], "source_entry": entry.name, "source_text": source_text,
+            "source_sha256": facts["source_sha256"], "source_entry": entry.name, "family": facts["family"].name,
+            "source_text": source_text,
             "target_text": cfg.target_text, "layers": layers if layers is not None else "all",
             "num_layers": source.num_layers(), "truncation": truncation, "resolution": source.resolution,
             "code_dim": source.code_dim,
@@ -487,7 +490,6 @@ class RunInfo:
 
 def load_run(run_dir, device: str = "cpu") -> RunInfo:
     """Load a run folder's source and adapted generators (so `ipl sample RUN` / `ipl eval RUN` work)."""
-    from ipl import generators
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise IPLError(f"{run_dir} is not an ipl run folder (no {CONFIG}); pass a folder written by `ipl adapt`")

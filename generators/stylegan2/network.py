@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipl import cuda_ops
+
 NoiseArg = Optional[Sequence[Optional[torch.Tensor]]]
 
 # rosinality's base widths; resolutions above 32 are multiplied by channel_multiplier.
