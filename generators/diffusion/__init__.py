@@ -17,6 +17,7 @@ from ipl.generators.diffusion.adapter import DiffusionAdapter, DiffusionConfig, 
 from ipl.core.assets import shipped
 from ipl.core.errors import IPLError, WeightsNotFoundError
 from ipl.core.family import SourceEntry
+from ipl.core.integrity import verify_hub_snapshot
 
 __all__ = ["DiffusionAdapter", "DiffusionConfig", "SourcePool", "load", "is_diffusion_source", "resolve",
            "ENTRIES", "OPTIONS", "TOY_DDPM_DIR", "is_diffusion_checkpoint", "run_defaults_for_path"]
@@ -82,9 +83,12 @@ def _hub_folder(repo_id: str, allow_download: bool) -> Path:
         raise WeightsNotFoundError(f"the diffusion model {repo_id} is not in the local Hugging Face cache and "
                                    f"downloads are off here. {hint}")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
     except Exception as e:  # network errors come in many types
         raise WeightsNotFoundError(f"could not download {repo_id} ({type(e).__name__}: {e}). {hint}") from None
+    # huggingface_hub checks only sizes: check the first download against the hashes the hub published.
+    verify_hub_snapshot(folder)
+    return folder
 
 
 def resolve(spec: Union[str, Path], allow_download: bool = False) -> tuple[Path, str]:

@@ -13,6 +13,8 @@ from typing import Any, Optional, Union
 import torch
 
 from ipl.core.errors import CheckpointError
+from ipl.generators.diffusion.validate import (Described, check_record, check_scheduler_config, check_unet_config,
+                                               field_error)
 
 FORMAT = "ipl-diffusion"
 HEADER_KEY = "ipl"
@@ -82,7 +84,7 @@ def is_ipl_diffusion_file(path: Union[str, Path]) -> bool:
         header = _read_header(path)
     except CheckpointError:
         return False
-    return header is not None and header.get("format") == FORMAT
+    return isinstance(header, dict) and header.get("format") == FORMAT
 
 
 def _unet_dir(folder: Path) -> Optional[Path]:
@@ -90,9 +92,10 @@ def _unet_dir(folder: Path) -> Optional[Path]:
         cfg = candidate / "config.json"
         if cfg.is_file():
             try:
-                name = json.loads(cfg.read_text()).get("_class_name")
-            except (OSError, json.JSONDecodeError):
+                data = json.loads(cfg.read_text())
+            except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
                 continue
+            name = data.get("_class_name") if isinstance(data, dict) else None
             if name == "UNet2DModel":
                 return candidate
     return None
@@ -116,25 +119,31 @@ def load_diffusers_folder(folder: Union[str, Path], device: Union[str, torch.dev
             f"{folder} is not a diffusers UNet2DModel folder: expected config.json with "
             f"\"_class_name\": \"UNet2DModel\" in it or in {folder / 'unet'}. Download a pipeline with e.g. "
             "`huggingface-cli download google/ddpm-ema-celebahq-256 --local-dir DIR` and pass DIR.")
+    # Both JSON files are checked before the UNet is built.
+    check_unet_config(json.loads((unet_dir / "config.json").read_text()), unet_dir / "config.json", "config")
+    sched_path = _scheduler_file(folder)
+    sched: Any = {}
+    if sched_path:
+        try:
+            sched = json.loads(sched_path.read_text())
+        except (OSError, ValueError, RecursionError) as e:
+            raise field_error(sched_path, "scheduler config", "a readable JSON object",
+                              Described(f"{type(e).__name__}: {e}")) from None
+        check_scheduler_config(sched, sched_path, "scheduler config")
     try:
         unet = UNet2DModel.from_pretrained(str(unet_dir))
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError, AssertionError) as e:
         raise CheckpointError(f"could not read the UNet in {unet_dir}: {e}") from e
-    sched_path = _scheduler_file(folder)
-    sched = json.loads(sched_path.read_text()) if sched_path else {}
     return unet.to(device), scheduler_config_of(sched)
 
 
 def save_file(path: Union[str, Path], unet: torch.nn.Module, record: dict[str, Any]) -> None:
-    """Write UNet weights + the JSON record atomically as one safetensors file."""
-    from safetensors.torch import save_file as st_save
-
-    from ipl.core.atomic import atomic_path
+    """Write UNet weights + the JSON record atomically as one safetensors file (same inputs, same bytes)."""
+    from ipl.core.atomic import save_safetensors
 
     record = dict(record, format=FORMAT, version=1)
     state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
-    with atomic_path(path) as tmp:
-        st_save(state, str(tmp), metadata={HEADER_KEY: json.dumps(record, default=str)})
+    save_safetensors(state, path, metadata={HEADER_KEY: json.dumps(record, default=str)})
 
 
 def _read_header(path: Path) -> Optional[dict[str, Any]]:
@@ -149,7 +158,7 @@ def _read_header(path: Path) -> Optional[dict[str, Any]]:
         return None
     try:
         return json.loads(meta[HEADER_KEY])
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: the '{HEADER_KEY}' header is not valid JSON ({e}).") from e
 
 
@@ -161,12 +170,25 @@ def load_file(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist.")
     record = _read_header(path)
-    if record is None or record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an ipl diffusion model "
                               f"(no '{HEADER_KEY}' header with format '{FORMAT}').")
-    unet = make_unet(record["unet_config"])
-    state = st_load(str(path))
-    missing, unexpected = unet.load_state_dict(state, strict=False)
+    check_record(record, path, HEADER_KEY)  # before anything is built
+    try:
+        unet = make_unet(record["unet_config"])
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError) as e:
+        raise field_error(path, f"{HEADER_KEY}.unet_config", f"a config diffusers can build a UNet2DModel from "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                          record["unet_config"]) from None
+    try:
+        state = st_load(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt data
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors data ({e}); re-export it") from None
+    try:
+        missing, unexpected = unet.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored UNet config "
+                              f"({str(e).strip().splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the stored UNet config "
                               f"(missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}).")

@@ -17,7 +17,7 @@ import torch
 
 from ipl.generators.stylegan2.network import Generator
 from ipl.generators.stylegan2.rosinality import convert_rosinality, load_state
-from ipl.core.atomic import atomic_path
+from ipl.generators.stylegan2.validate import MISSING, check_generator_config, field_error
 from ipl.core.errors import CheckpointError, IPLError, UnsafePickleError
 
 PathLike = Union[str, os.PathLike]
@@ -118,21 +118,34 @@ def load_native(path: PathLike) -> Generator:
         found = header.get("ipl.format", "no 'ipl.format' entry")
         raise CheckpointError(f"{path}: safetensors file is not an ipl StyleGAN2 generator ({found}); expected "
                               f"'ipl.format' = '{FORMAT_NAME}' in its metadata")
-    version = int(header.get("ipl.format_version", "0"))
+    raw_version = header.get("ipl.format_version")
+    if not (isinstance(raw_version, str) and raw_version.isdigit() and 1 <= int(raw_version)):
+        raise field_error(path, "ipl.format_version", f"an integer format version (1..{FORMAT_VERSION})",
+                          raw_version if raw_version is not None else MISSING)
+    version = int(raw_version)
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {version} is newer than this ipl understands "
-                              f"({FORMAT_VERSION}); upgrade ipl")
-    try:
-        config = json.loads(header["ipl.config"])
-        metadata = json.loads(header.get("ipl.metadata", "{}"))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: missing or corrupt generator config in the header ({e})") from None
+        raise CheckpointError(f"{path}: ipl.format_version: expected a format version this ipl understands "
+                              f"(1..{FORMAT_VERSION}), got {version}: the file is newer; upgrade ipl")
+    parsed = {}
+    for key, default in (("ipl.config", None), ("ipl.metadata", "{}")):
+        text = header.get(key, default)
+        if text is None:
+            raise field_error(path, key, "a JSON object of generator settings", MISSING)
+        try:
+            parsed[key] = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise field_error(path, key, f"a JSON object ({type(e).__name__}: {e})", text) from None
+        if not isinstance(parsed[key], dict):
+            raise field_error(path, key, "a JSON object", parsed[key])
+    config, metadata = parsed["ipl.config"], parsed["ipl.metadata"]
+    # The architecture is checked before any tensor is read or any layer allocated.
+    kwargs = check_generator_config(config, path, prefix="ipl.config.")
     try:
         state = load_file(str(path), device="cpu")
     except Exception as e:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors data ({e}); re-export it") from None
     try:
-        G = Generator.from_config(config)
+        G = Generator(**kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as e:
         raise CheckpointError(f"{path}: invalid generator config {config} ({e})") from None
     load_state(G, {k: v.to(torch.float32) for k, v in state.items()}, path)
@@ -141,8 +154,10 @@ def load_native(path: PathLike) -> Generator:
 
 
 def save(G: Generator, path: PathLike, metadata: Optional[dict[str, Any]] = None) -> Path:
-    """Write G atomically in our format (safetensors + JSON config + metadata); returns the path."""
-    from safetensors.torch import save_file
+    """Write G atomically in our format (safetensors + JSON config + metadata); returns the path.
+
+    The same generator and metadata always give the same bytes (ipl.core.atomic.save_safetensors)."""
+    from ipl.core.atomic import save_safetensors
 
     if not isinstance(G, Generator):
         raise TypeError(f"generators.save expects a StyleGAN2 Generator, got {type(G).__name__}")
@@ -158,8 +173,7 @@ def save(G: Generator, path: PathLike, metadata: Optional[dict[str, Any]] = None
     # Per-layer FIR copies are derived on load; store each tensor once, contiguous, on CPU.
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in G.state_dict().items()
              if not (k.endswith(".resample_filter") and k.count(".") > 2)}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=header)
+    save_safetensors(state, path, metadata=header)
     return path
 
 

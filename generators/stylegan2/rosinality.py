@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ipl.generators.stylegan2.network import Generator
+from ipl.generators.stylegan2.validate import MAX_FILTER_TAPS, check_generator_config, require
 from ipl.core.errors import CheckpointError
 
 
@@ -17,13 +18,22 @@ def is_rosinality_state(sd: Any) -> bool:
     return isinstance(sd, dict) and "input.input" in sd and "conv1.conv.weight" in sd
 
 
-def _tensor(sd: dict, key: str, path: Path) -> torch.Tensor:
+def _tensor(sd: dict, key: str, path: Path, shape: str = "") -> torch.Tensor:
+    """sd[key] as float32; `shape` (e.g. '[1, C, 4, 4]') also checks its rank (and any literal sizes)."""
     if key not in sd:
         raise CheckpointError(f"{path}: rosinality generator state has no '{key}'; the file is incomplete or not a "
                               f"StyleGAN2 generator checkpoint")
     value = sd[key]
     if not isinstance(value, torch.Tensor):
         raise CheckpointError(f"{path}: '{key}' should be a tensor, found {type(value).__name__}")
+    if shape:
+        dims = [d.strip() for d in shape.strip("[]").split(",")] if shape != "[]" else []
+        require(value.ndim == len(dims) and all(not d.isdigit() or int(d) == n for d, n in zip(dims, value.shape)),
+                path, f"g_ema.{key}", f"a tensor of shape {shape}", value)
+    stored = value.untyped_storage().nbytes()
+    if value.numel() * value.element_size() > stored:  # e.g. a stride-0 view: any shape in a few bytes
+        raise CheckpointError(f"{path}: g_ema.{key}: expected a tensor whose {value.numel():,} values are stored in "
+                              f"the file, got a view of shape {list(value.shape)} over {stored:,} bytes")
     return value.detach().to(torch.float32)
 
 
@@ -55,49 +65,68 @@ def convert_rosinality(ckpt: Any, path: Path) -> Generator:
     """Build our Generator from a rosinality checkpoint dict, checking every shape."""
     path = Path(path)
     sd, latent_avg = select_generator_state(ckpt, path)
+    bad_keys = [k for k in sd if not isinstance(k, str)]
+    require(not bad_keys, path, "g_ema", "tensor names (strings) as keys", bad_keys[0] if bad_keys else None)
 
     n_mlp = len({m.group(1) for k in sd for m in [re.match(r"style\.(\d+)\.weight$", k)] if m})
     n_up = len({m.group(1) for k in sd for m in [re.match(r"to_rgbs\.(\d+)\.conv\.weight$", k)] if m})
     if n_mlp == 0:
         raise CheckpointError(f"{path}: no mapping layers ('style.1.weight', ...) in the generator state")
     resolution = 4 * 2 ** n_up
-    const = _tensor(sd, "input.input", path)
+    const = _tensor(sd, "input.input", path, "[1, C, 4, 4]")
+    for i in range(1, n_mlp + 1):
+        _tensor(sd, f"style.{i}.weight", path, "[out, in]")
+        _tensor(sd, f"style.{i}.bias", path, "[out]")
     style_dim = _tensor(sd, "style.1.weight", path).shape[1]
     w_dim = _tensor(sd, f"style.{n_mlp}.weight", path).shape[0]
     channels = {4: const.shape[1]}
     for k in range(n_up):
-        channels[8 * 2 ** k] = _tensor(sd, f"convs.{2 * k}.conv.weight", path).shape[1]
+        channels[8 * 2 ** k] = _tensor(sd, f"convs.{2 * k}.conv.weight", path, "[1, out, in, 3, 3]").shape[1]
     kernel = sd.get("convs.0.conv.blur.kernel") if n_up > 0 else None
     taps = (1, 3, 3, 1)
     if kernel is not None:
+        _tensor(sd, "convs.0.conv.blur.kernel", path, "[k, k]")
+        require(kernel.shape[0] == kernel.shape[1] and 1 <= kernel.shape[0] <= MAX_FILTER_TAPS
+                and bool(torch.isfinite(kernel).all()) and float(kernel[0].sum()) > 0 and float(kernel.sum()) > 0,
+                path, "g_ema.convs.0.conv.blur.kernel",
+                f"a square [k, k] FIR kernel with k in 1..{MAX_FILTER_TAPS}, finite, with positive sums", kernel)
         # The stored kernel is outer(taps, taps) / sum * 4; recover symmetric taps from its first row.
         row = kernel[0].double() / kernel[0].double().sum()
         col_sum = kernel.double().sum(dim=1)
         taps_t = col_sum / col_sum.sum()
         if not torch.allclose(torch.outer(taps_t, row), kernel.double() / kernel.double().sum(), atol=1e-6):
             raise CheckpointError(f"{path}: blur kernel is not separable; unsupported")
-        taps = tuple(float(t) for t in (taps_t / taps_t.min()).tolist())
+        taps = tuple(float(t) for t in (taps_t / taps_t.min() if float(taps_t.min()) > 0 else taps_t).tolist())
 
-    G = Generator(z_dim=style_dim, w_dim=w_dim, c_dim=0, img_resolution=resolution, img_channels=3,
-                  mapping_layers=n_mlp, mapping_lr_multiplier=0.01, channels=channels, conv_clamp=None,
-                  resample_filter=taps, truncation_style="affine")
+    # The architecture these shapes imply, checked before anything is allocated (a stride-0 tensor can claim
+    # any size in a few bytes).
+    kw = check_generator_config(
+        dict(z_dim=style_dim, w_dim=w_dim, c_dim=0, img_resolution=resolution, img_channels=3, mapping_layers=n_mlp,
+             mapping_lr_multiplier=0.01, channels=channels, conv_clamp=None, resample_filter=taps,
+             truncation_style="affine"),
+        path, names={"z_dim": "g_ema.style.1.weight (shape[1])", "w_dim": f"g_ema.style.{n_mlp}.weight (shape[0])",
+                     "img_resolution": "g_ema.to_rgbs.* (number of upsampling blocks)",
+                     "mapping_layers": "g_ema.style.* (number of layers)",
+                     "channels": "g_ema convolution widths at resolution {res} (input.input / convs.*.conv.weight)",
+                     "resample_filter": "g_ema.convs.0.conv.blur.kernel", "architecture": "g_ema (architecture)"})
+    G = Generator(**kw)
     ours: dict[str, torch.Tensor] = {}
     for i in range(n_mlp):
         ours[f"mapping.fc{i}.weight"] = _tensor(sd, f"style.{i + 1}.weight", path)
         ours[f"mapping.fc{i}.bias"] = _tensor(sd, f"style.{i + 1}.bias", path)
 
     def styled_conv(dst: str, src: str, noise_key: str) -> None:
-        ours[f"{dst}.weight"] = _tensor(sd, f"{src}.conv.weight", path).squeeze(0)
+        ours[f"{dst}.weight"] = _tensor(sd, f"{src}.conv.weight", path, "[1, out, in, 3, 3]").squeeze(0)
         ours[f"{dst}.affine.weight"] = _tensor(sd, f"{src}.conv.modulation.weight", path)
         ours[f"{dst}.affine.bias"] = _tensor(sd, f"{src}.conv.modulation.bias", path)
-        ours[f"{dst}.noise_strength"] = _tensor(sd, f"{src}.noise.weight", path).reshape([])
+        ours[f"{dst}.noise_strength"] = _tensor(sd, f"{src}.noise.weight", path, "[1]").reshape([])
         ours[f"{dst}.bias"] = _tensor(sd, f"{src}.activate.bias", path)
         if noise_key in sd:
-            noise = _tensor(sd, noise_key, path)
+            noise = _tensor(sd, noise_key, path, "[1, 1, R, R]")
             ours[f"{dst}.noise_const"] = noise.reshape(noise.shape[-2:])
 
     def to_rgb(dst: str, src: str) -> None:
-        ours[f"{dst}.weight"] = _tensor(sd, f"{src}.conv.weight", path).squeeze(0)
+        ours[f"{dst}.weight"] = _tensor(sd, f"{src}.conv.weight", path, "[1, 3, in, 1, 1]").squeeze(0)
         ours[f"{dst}.affine.weight"] = _tensor(sd, f"{src}.conv.modulation.weight", path)
         ours[f"{dst}.affine.bias"] = _tensor(sd, f"{src}.conv.modulation.bias", path)
         ours[f"{dst}.bias"] = _tensor(sd, f"{src}.bias", path).reshape(-1)

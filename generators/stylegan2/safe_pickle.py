@@ -58,8 +58,31 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         raise CheckpointError("tensor in the pickle carries backward hooks; refusing it")
     if not isinstance(storage_offset, int) or not all(isinstance(v, int) for v in (*size, *stride)):
         raise CheckpointError("malformed tensor record (non-integer size/stride/offset)")
+    _check_extent(storage, storage_offset, tuple(size), tuple(stride))
     return torch._utils._rebuild_tensor_v2(storage, storage_offset, tuple(size), tuple(stride), False,
                                            collections.OrderedDict())
+
+
+def _check_extent(storage, offset: int, size: tuple, stride: tuple) -> None:
+    """The view must lie inside its storage: torch's set_ would grow the storage with uninitialised memory."""
+    if len(size) != len(stride):
+        raise CheckpointError(f"malformed tensor record: {len(size)} sizes but {len(stride)} strides")
+    if offset < 0 or any(v < 0 for v in (*size, *stride)):
+        raise CheckpointError(f"malformed tensor record: negative size, stride or offset (size {list(size)}, "
+                              f"stride {list(stride)}, offset {offset})")
+    if isinstance(storage, torch.TypedStorage):
+        length = storage._size()  # elements (.size() is the same but warns that TypedStorage is deprecated)
+    else:  # an untyped storage counts bytes; torch cannot rebuild a tensor from it without a dtype anyway
+        raise CheckpointError("tensor rebuilt from an untyped storage (no dtype); expected a typed storage")
+    if 0 in size:  # an empty view reads nothing
+        if offset > length:
+            raise CheckpointError(f"malformed tensor record: offset {offset} beyond its storage of {length} elements")
+        return
+    extent = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+    if extent > length:
+        raise CheckpointError(f"malformed tensor record: a view of size {list(size)}, stride {list(stride)} at "
+                              f"offset {offset} reaches element {extent}, beyond its storage of {length} elements "
+                              f"(the file is corrupt or was crafted)")
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state) -> torch.Tensor:

@@ -15,9 +15,13 @@ _D = AdaptConfig()  # defaults shown in --help come from the dataclass
 
 def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[str]:
     out = []
+    flag = "--target-file"
     for t in targets:  # --target @FILE reads a file of targets, like --target-file FILE
-        if t.startswith("@") and Path(t[1:]).is_file():
-            target_file = target_file or t[1:]
+        if t.startswith("@") and len(t) > 1:
+            if not Path(t[1:]).is_file():
+                raise IPLError(f"--target {t}: no such file {t[1:]} (--target @FILE reads one target text per "
+                               "line; a target text cannot start with '@')")
+            target_file, flag = target_file or t[1:], "--target @FILE"
             if target_file != t[1:]:
                 raise IPLError("give at most one file of targets")
         else:
@@ -25,8 +29,15 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
     if target_file is not None:
         path = Path(target_file)
         if not path.is_file():
-            raise IPLError(f"--target-file {target_file}: no such file (expected one target text per line)")
-        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()]
+            raise IPLError(f"{flag} {target_file}: no such file (expected one target text per line)")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise IPLError(f"{flag} {target_file}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                           f"{e.start}); save it as UTF-8") from None
+        except OSError as e:
+            raise IPLError(f"{flag} {target_file}: cannot read it ({e.strerror or e})") from None
+        lines = [l.strip() for l in text.splitlines()]
         out += [l for l in lines if l and not l.startswith("#")]
     if not out:
         raise IPLError("no target given: pass --target \"TEXT\" (repeatable) or --target-file FILE")
@@ -178,6 +189,23 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
     resources = Resources()
     for cfg, facts in zip(configs, prepared):
         click.echo(f"adapting {cfg.source} -> {cfg.target_text!r} ({cfg.method}) into {facts['out']}", err=True)
-        run_dir = run_adapt(cfg, resume=resume, force=force, progress=not quiet, resources=resources,
-                            prepared=facts)
+        try:
+            run_dir = run_adapt(cfg, resume=resume, force=force, progress=not quiet, resources=resources,
+                                prepared=facts)
+        except KeyboardInterrupt:  # cli.main exits 130; say where the run stands first
+            click.echo(f"\nInterrupted: {_stopped_message(facts['out'])}", err=True)
+            raise
         click.echo(str(run_dir))
+
+
+def _stopped_message(out: Path) -> str:
+    """What config.json of an interrupted run says (status, where it stopped, how to continue)."""
+    import json
+
+    try:
+        record = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"nothing of {out} was started yet"
+    error = str(record.get("error") or "").rstrip(".")
+    how = "" if "`ipl adapt --resume" in error else f"; `ipl adapt --resume --out {out}` with the same settings continues"
+    return f"{out} has status {record.get('status')!r}: {error}{how}."

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -37,8 +38,14 @@ def cli() -> None:
     """Zero-shot generative domain adaptation with Image-specific Prompt Learning."""
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # `kill PID` (SIGTERM) stops a run the way Ctrl-C does: status "interrupted", the last checkpoint kept.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: user errors print one clear message and exit 2."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

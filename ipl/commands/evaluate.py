@@ -133,6 +133,9 @@ def command(target_input: str, vs: tuple[str, ...], metrics: Optional[str], ref:
             allow_random_weights: bool, out: Optional[str], quiet: bool) -> None:
     """Evaluate adapted generators: sample N images with fixed seeds (or read a folder), print a table, write JSON."""
     inputs = [target_input, *vs]
+    from ipl.core.atomic import check_writable
+
+    check_writable(Path(out) if out else default_out(inputs), "--out")  # before anything is sampled
     if offline:
         os.environ["IPL_OFFLINE"] = "1"  # also keeps the CLIP loader from downloading
     settings = EvalSettings(inputs=inputs, metrics=parse_metrics(metrics), ref=ref, n=n, batch=batch, device=device,

@@ -22,20 +22,26 @@ def command(run: str, fmt: str, out: Optional[str], which) -> None:
     import json
 
     from ipl import generators
-    from ipl.run import CONFIG, GENERATOR
+    from ipl.run import CONFIG, GENERATOR, require_safetensors
+
+    from ipl.core.atomic import check_writable
+    from ipl.run import read_run_config
 
     run_dir = Path(run)
     if not (run_dir / CONFIG).is_file():
         raise IPLError(f"{run_dir} is not an ipl run folder (no {CONFIG})")
-    config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+    config = read_run_config(run_dir)  # a corrupt config.json: one message naming it
+    target = Path(out) if out else run_dir / (f"source_{fmt}.pt" if which == "source" else f"generator_{fmt}.pt")
+    check_writable(target, "--out")  # before the generator is loaded
     src = Path(config["resolved"]["source_path"]) if which == "source" else run_dir / GENERATOR
     if not src.is_file():
         raise IPLError(f"{src} does not exist; the run has not finished (status {config.get('status')!r})")
+    if which != "source":
+        require_safetensors(src)  # the run's own generator: never read as a pickle or torch.save file
     generator = generators.load_adaptable(str(src), device="cpu")
     if fmt not in generator.export_formats:
         raise IPLError(f"{src}: this generator cannot be written as {fmt!r} (formats it can write: "
                        f"{', '.join(generator.export_formats) or 'none'})")
-    target = Path(out) if out else run_dir / (f"source_{fmt}.pt" if which == "source" else f"generator_{fmt}.pt")
     meta = {"source": config["settings"]["source"], "target_text": config["settings"]["target_text"],
             "method": config["settings"]["method"], "exported_from": str(src)}
     generator.export(str(target), fmt, meta)

@@ -36,12 +36,12 @@ def list_models(as_json: bool) -> None:
 @click.argument("name")
 def info(name: str) -> None:
     """Everything the registry knows about NAME, its cache path and recorded SHA-256."""
-    from ipl.download import recorded_sha256
+    from ipl.download import recorded_sha256, source_url
     from ipl.registry import cache_path, get_source
 
     e = get_source(name)
     path = cache_path(e)
-    d = {**e.to_dict(), "path": str(path), "cached": path.is_file(),
+    d = {**e.to_dict(), "download_url": source_url(e), "path": str(path), "cached": path.is_file(),
          "recorded_sha256": recorded_sha256(path) if path.is_file() else None}
     click.echo(json.dumps(d, indent=2))
 

@@ -143,6 +143,12 @@ def command(path, ckpt, n, seeds, truncation, noise_mode, class_idx, out, outdir
         raise IPLError(f"--batch must be positive, got {batch}")
     if out is None and outdir is None:
         out = Path("grid.png")
+    from ipl.core.atomic import check_writable
+
+    if out is not None:
+        check_writable(out, "--out")  # before any model is loaded
+    if outdir is not None:
+        check_writable(outdir, "--outdir", folder=True)
     if edit_dir is not None:  # real images moved into the target domain: rows are input over edited
         if not (Path(target) / "config.json").is_file():
             raise IPLError(f"--edit needs a run folder (source + adapted generator); {target} is one generator")

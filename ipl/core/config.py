@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,33 +87,30 @@ class AdaptConfig:
             raise IPLError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise IPLError(f"unknown device {self.device!r}; choose auto, cuda, cuda:N or cpu")
-        for name in ("iters", "batch", "layer_batch", "layer_every", "checkpoint_every", "sample_n"):
-            if int(getattr(self, name)) <= 0:
-                raise IPLError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.method == "ipl":
-            for name in ("iters_prompt", "batch_prompt", "n_ctx"):
-                if int(getattr(self, name)) <= 0:
-                    raise IPLError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                   f"got {getattr(self, name)}")
-            if self.batch_prompt < 2:
-                raise IPLError("--batch-prompt must be at least 2 (the contrastive loss needs negatives)")
-        if self.augment_views < 0:
-            raise IPLError(f"--augment must be >= 0, got {self.augment_views}")
-        if self.length_weight < 0:
-            raise IPLError(f"--length-weight must be >= 0, got {self.length_weight}")
+        # Every number: finite and in range (LIMITS, FLOAT_RANGES; docs/adapt.md "Safety"), before anything is
+        # written. Stage-1 settings only matter (and are only checked) for IPL.
+        stage1 = ("iters_prompt", "batch_prompt", "n_ctx", "lr_prompt", "lambda_l", "lambda_src")
+        for name, (lo, hi) in LIMITS.items():
+            if self.method == "ipl" or name not in stage1:
+                _check_int(name, getattr(self, name), lo, hi)
+        for name, (lo, lo_open, hi, hi_open) in FLOAT_RANGES.items():
+            if self.method == "ipl" or name not in stage1:
+                _check_float(name, getattr(self, name), lo, lo_open, hi, hi_open)
+        if self.length_ratio is not None:
+            _check_float("length_ratio", self.length_ratio, 0.0, True, math.inf, False)
+        if self.truncation is not None:
+            _check_float("truncation", self.truncation, -TRUNCATION_MAX, False, TRUNCATION_MAX, False)
         if self.length_weight > 0 and not (self.length_ratio or 0) > 0:
             raise IPLError(f"--length-weight {self.length_weight} needs a positive --length-ratio (the CLIP "
                            f"model's image/text change-length ratio), got {self.length_ratio}")
-        if self.sample_every < 0:
-            raise IPLError(f"--sample-every must be >= 0, got {self.sample_every}")
-        if not (0.0 <= self.ema_decay < 1.0):
-            raise IPLError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.lr <= 0 or self.lr_prompt <= 0:
-            raise IPLError("learning rates must be positive")
         if self.layers is not None and parse_layers(self.layers) is not None and parse_layers(self.layers) <= 0:
             raise IPLError(f"--layers must be a positive integer or 'all', got {self.layers}")
         if not self.clip:
             raise IPLError("at least one --clip model is needed")
+        weights = [_clip_weight(spec) for spec in self.clip]
+        if not any(w > 0 for w in weights):
+            raise IPLError(f"--clip {' '.join(map(str, self.clip))}: every CLIP weight is 0, so there is no loss "
+                           "to train with; give at least one model a weight > 0 (NAME@1)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +135,67 @@ class AdaptConfig:
         with open(path, encoding="utf-8") as fh:
             d = json.load(fh)
         return cls.from_dict(d.get("settings", d))
+
+
+# Integer settings: (min, max). The maxima are far above anything the method uses (paper: batch 2, stage-1
+# batch 32, 4 context vectors) and low enough that a typo (--batch 100000) is refused at once instead of failing
+# on allocation or running for hours; docs/adapt.md, "Safety". The run also refuses batches whose images alone
+# cannot fit in the device's memory (ipl.run.check_memory), and an --n-ctx the CLIP's text context cannot hold.
+LIMITS: dict[str, tuple[int, int]] = {
+    "iters_prompt": (1, 1_000_000), "batch_prompt": (2, 1024), "n_ctx": (1, 64),
+    "iters": (1, 1_000_000), "batch": (1, 256), "layer_batch": (1, 256), "layer_every": (1, 1_000_000),
+    "augment_views": (0, 64), "seed": (0, 2**63 - 1), "sample_every": (0, 1_000_000), "sample_n": (1, 64),
+    "checkpoint_every": (1, 1_000_000),
+}
+# Float settings: (low, low excluded?, high, high excluded?); every one must also be finite (no nan, no inf).
+FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "lr_prompt": (0.0, True, 1.0, False), "lambda_l": (0.0, False, math.inf, False),
+    "lambda_src": (0.0, False, math.inf, False), "lr": (0.0, True, 1.0, False), "beta1": (0.0, False, 1.0, True),
+    "beta2": (0.0, False, 1.0, True), "ema_decay": (0.0, False, 1.0, True), "layer_lr": (0.0, True, math.inf, False),
+    "length_weight": (0.0, False, math.inf, False),
+}
+# Truncation psi: 1 is none, 0 the mean latent, negative values mirror through it; beyond +-2 a latent lies far
+# outside anything the generator was trained on.
+TRUNCATION_MAX = 2.0
+FLAGS = {"augment_views": "--augment", "beta1": "beta1 (Adam)", "beta2": "beta2 (Adam)", "layer_lr": "layer_lr"}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: lr_prompt -> --lr-prompt."""
+    return FLAGS.get(name) or "--" + name.replace("_", "-")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    ok = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+    if not ok or not lo <= value <= hi:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(lo, f"an integer >= {lo}")
+        why = " (the contrastive loss needs negatives)" if name == "batch_prompt" and ok and value < lo else ""
+        raise IPLError(f"{flag(name)} must be {kind} (at most {hi}){why}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, lo: float, lo_open: bool, hi: float, hi_open: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        low = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        high = "" if hi == math.inf else (f" and < {hi:g}" if hi_open else f" and <= {hi:g}")
+        raise IPLError(f"{flag(name)} must be {low}{high} (a finite number), got {value!r}")
+
+
+def _clip_weight(spec: Any) -> float:
+    """The loss weight of a CLIP spec NAME[:PRETRAINED][@WEIGHT] (1 without '@'); refuses nan, inf, < 0."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise IPLError(f"--clip {spec!r}: expected NAME[:PRETRAINED][@WEIGHT], e.g. ViT-B-32:openai@1.0")
+    if "@" not in spec:
+        return 1.0
+    try:
+        weight = float(spec.rsplit("@", 1)[1])
+    except ValueError:
+        return 1.0  # an '@' inside a path, not a weight (as ipl.method.clip.parse_clip_spec reads it)
+    if not math.isfinite(weight) or weight < 0:
+        raise IPLError(f"--clip {spec}: the weight after '@' must be a finite number >= 0, got {weight}")
+    return weight
 
 
 def parse_layers(value: Union[int, str, None]) -> Optional[int]:

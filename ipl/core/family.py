@@ -6,7 +6,6 @@ with a `GeneratorFamily` subclass, and one line in the family table (generators/
 """
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ipl.core.integrity import sha256_file
 from ipl.core.interface import AdaptableGenerator
 
 PathLike = Union[str, Path]
@@ -34,6 +34,8 @@ class SourceEntry:
     sample_truncation: float = 0.7    # a good default for `ipl sample`
     clip: tuple[str, ...] = ("ViT-B-32:openai",)  # default --clip specs
     sha256: Optional[str] = None      # expected SHA-256 if published (none upstream; recorded on first use)
+    size: Optional[int] = None        # expected file size in bytes, checked after download and on every use;
+                                      # None where not known for certain (no sizes are published upstream)
     shipped: Optional[str] = None     # file or folder shipped as package data, relative to ipl/assets/
     readable: bool = True             # False: format not read yet (listed for completeness)
     description: str = ""
@@ -86,12 +88,3 @@ class GeneratorFamily(ABC):
     def run_defaults(self, path: Path) -> dict[str, Any]:
         """AdaptConfig defaults for a source given by path (registry names use their entry's run_defaults)."""
         return {}
-
-
-def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -89,6 +89,11 @@ class _RandomInitInceptionV3(FeatureExtractorInceptionV3):
         return None
 
 
+class _PreloadedInceptionV3(_RandomInitInceptionV3):
+    """torch-fidelity's Inception-v3 built without reading its weights file; load_inception then loads the
+    tensors it read itself in weights-only mode (torch.nn.Module.load_state_dict)."""
+
+
 @dataclass
 class InceptionInfo:
     """Which Inception weights produced the features (written to the results JSON)."""
@@ -122,9 +127,29 @@ def load_inception(layers: Iterable[str], weights: Optional[str] = None, allow_r
                                          feature_extractor_weights_path=str(empty))
         info = InceptionInfo(path=None, sha256=None, random_weights=True)
     else:
+        import pickle
+
+        # torch-fidelity would torch.load the file with weights_only=False (a pickle in it could run code):
+        # read it here in weights-only mode, build the network without a file, then load the tensors.
         try:
-            net = FeatureExtractorInceptionV3("inception-v3-compat", layers, feature_extractor_weights_path=str(path))
-        except (RuntimeError, KeyError, OSError, ValueError) as e:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+            why = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(noise))
+            raise CheckpointError(f"Inception weights {path}: refused to load: the file holds more than tensors "
+                                  f"and plain data ({why or 'not a weights-only torch file'}); "
+                                  f"it may have been tampered with, and nothing from it was executed. Expected "
+                                  f"torch-fidelity's {INCEPTION.filename} from {INCEPTION.url}.") from None
+        except (RuntimeError, KeyError, OSError, ValueError, EOFError) as e:
+            raise CheckpointError(f"Inception weights {path} could not be loaded ({e}); expected torch-fidelity's "
+                                  f"{INCEPTION.filename} from {INCEPTION.url}.") from e
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                empty = Path(tmp) / "empty.pth"
+                torch.save({}, empty)
+                net = _PreloadedInceptionV3("inception-v3-compat", layers, feature_extractor_weights_path=str(empty))
+            torch.nn.Module.load_state_dict(net, state, strict=True)
+        except (RuntimeError, KeyError, OSError, ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"Inception weights {path} could not be loaded ({e}); expected torch-fidelity's "
                                   f"{INCEPTION.filename} from {INCEPTION.url}.") from e
         info = InceptionInfo(path=str(path), sha256=file_digest(path), random_weights=False)

@@ -19,7 +19,7 @@ from PIL import Image
 from ipl import generators
 from ipl.core.errors import IPLError
 from ipl.core.images import IMAGE_EXTS
-from ipl.run import load_run
+from ipl.run import load_run, read_run_config
 
 LATENT_CHUNK = 256
 # Sources of the shipped toy world: their runs are scored by the toy judge.
@@ -120,6 +120,9 @@ def open_input(path: str, device: str = "cpu", taken: Optional[set[str]] = None)
     taken = set() if taken is None else taken
     if not p.exists():
         raise IPLError(f"{path}: no such run folder, checkpoint or image folder.")
+    if (p.is_dir() and (p / "config.json").is_file() and not _looks_like_run(p / "config.json")
+            and (not _is_json(p / "config.json") or any((p / n).exists() for n in RUN_MARKS))):
+        read_run_config(p)  # a run folder whose config.json is corrupt: one error naming the file
     if p.is_dir() and (p / "config.json").is_file() and _looks_like_run(p / "config.json"):
         info = load_run(p, device=device)
         target, clips, toy = _run_meta(info.config)
@@ -155,6 +158,17 @@ def _source_check(info: Any) -> dict[str, Any]:
                           f"(SHA-256 {now[:12]}... now, {recorded[:12]}... then): source-vs-adapted comparisons "
                           "(judge content/diversity, --with-source) do not describe this run.")
     return out
+
+
+RUN_MARKS = ("generator.safetensors", "checkpoint.pt", "log.jsonl")  # files only a run folder holds
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _looks_like_run(config_path: Path) -> bool:
