@@ -40,7 +40,10 @@ CHECKPOINT_FORMAT = "ipl-run-checkpoint-1"   # torch.save of tensors and plain c
 GENERATOR = "generator.safetensors"
 RUN_FILES = (CONFIG, LOG, CHECKPOINT, GENERATOR, "samples", "prompts")
 # Settings that may differ on --resume without changing the result.
-RESUME_FREE = {"out", "device", "sample_every", "checkpoint_every"}
+RESUME_FREE = {"out", "device", "sample_every", "checkpoint_every", "filled_by"}
+# Settings added since: what a run saved without them did (it is resumed only with that value).
+# (layer_map: the row -> layer map before --layer-map was ours, i.e. semantic, without the empty-row fix.)
+SAVED_BEFORE = {"noise": "fixed", "layer_map": "semantic"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -211,7 +214,7 @@ def prepare(cfg: AdaptConfig, resume: bool = False, force: bool = False,
     if mode == "resume":
         saved = read_run_config(out, need=("settings",)) if (out / CONFIG).is_file() else None
         if saved is not None:
-            diff = {k: (v, cfg.to_dict().get(k)) for k, v in saved["settings"].items()
+            diff = {k: (v, cfg.to_dict().get(k)) for k, v in {**SAVED_BEFORE, **saved["settings"]}.items()
                     if k not in RESUME_FREE and cfg.to_dict().get(k) != v}
             if diff:
                 raise IPLError(f"--resume {out}: these settings differ from the saved run: " + "; ".join(
@@ -426,7 +429,7 @@ def run_stage1(cfg: AdaptConfig, source: AdaptableGenerator, clips: list, source
         result = train_prompts(source, clips, source_text, cfg.target_text, iters=cfg.iters_prompt,
                                batch=cfg.batch_prompt, lr=cfg.lr_prompt, n_ctx=cfg.n_ctx, lambda_l=cfg.lambda_l,
                                lambda_src=cfg.lambda_src, truncation=truncation, seed=cfg.seed,
-                               progress=progress)
+                               progress=progress, noise=cfg.noise)
     elapsed = time.perf_counter() - t0
     from ipl.method.stage2 import memory_mb
 
@@ -443,7 +446,8 @@ def run_stage1(cfg: AdaptConfig, source: AdaptableGenerator, clips: list, source
 
 def _stage1_key(cfg: AdaptConfig, facts: dict, source_text: str, truncation: float) -> tuple:
     return (str(facts["source_path"]), tuple(cfg.clip), source_text, cfg.iters_prompt, cfg.batch_prompt,
-            cfg.lr_prompt, cfg.n_ctx, cfg.lambda_src, truncation, cfg.seed, cfg.precision, str(facts["device"]))
+            cfg.lr_prompt, cfg.n_ctx, cfg.lambda_src, truncation, cfg.seed, cfg.precision, str(facts["device"]),
+            cfg.noise)
 
 
 def save_learners(out: Path, learners: list, clips: list, cfg: AdaptConfig) -> None:

@@ -52,7 +52,7 @@ class FakeLayeredGenerator(AdaptableGenerator):
     def render(self, latents):
         return self.render_layers(self.lift(latents))
 
-    def layer_parameters(self, index):
+    def layer_parameters(self, index, layer_map="reference"):  # one meaning of a group: the map is ignored
         ps = list(self.mods[index].parameters()) + list(self.convs[index].parameters())
         if index == self.n_layers - 1:
             ps += list(self.to_rgb.parameters())

@@ -19,6 +19,9 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     torch.manual_seed(1)
     G = Generator(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8})
+    with torch.no_grad():  # noise that counts from the first render (a fresh network's strengths are 0)
+        for layer in G.synthesis.conv_layers():
+            layer.noise_strength.fill_(0.3)
     gen = generators.save(G, root / "g.safetensors")
     cfg, _ = write_tiny_clip_files(root / "clip", seed=1)
     return {"gen": str(gen), "clip": f"{cfg}:none"}
@@ -36,9 +39,15 @@ def _stage2(out):
             if json.loads(l)["stage"] == 2]
 
 
-def test_kill_then_resume_equals_uninterrupted(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("noise", ["random", "fixed"])
+def test_kill_then_resume_equals_uninterrupted(world, tmp_path, monkeypatch, noise):
+    # noise random: every render draws fresh noise from the run's seeded stream, saved in checkpoint.pt.
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert CliRunner().invoke(cli, _args(world, full)).exit_code == 0
+
+    def args(out, *extra):
+        return _args(world, out, "--noise", noise, *extra)
+
+    assert CliRunner().invoke(cli, args(full)).exit_code == 0
 
     real_step = Stage2Trainer.step
 
@@ -48,7 +57,7 @@ def test_kill_then_resume_equals_uninterrupted(world, tmp_path, monkeypatch):
         return real_step(self)
 
     monkeypatch.setattr(Stage2Trainer, "step", dying_step)
-    res = CliRunner().invoke(cli, _args(world, cut))
+    res = CliRunner().invoke(cli, args(cut))
     assert res.exit_code != 0  # click turns the KeyboardInterrupt into Abort
     assert not (cut / "generator.safetensors").exists()
     assert json.loads((cut / "config.json").read_text())["status"] == "interrupted"
@@ -56,11 +65,11 @@ def test_kill_then_resume_equals_uninterrupted(world, tmp_path, monkeypatch):
     monkeypatch.setattr(Stage2Trainer, "step", real_step)
 
     # Without --resume the folder is refused; with it, the run completes.
-    refused = CliRunner().invoke(cli, _args(world, cut))
+    refused = CliRunner().invoke(cli, args(cut))
     assert refused.exit_code != 0 and "--resume" in str(refused.exception)
-    changed = CliRunner().invoke(cli, _args(world, cut, "--resume", "--lr", "0.1"))
+    changed = CliRunner().invoke(cli, args(cut, "--resume", "--lr", "0.1"))
     assert changed.exit_code != 0 and "lr" in str(changed.exception)
-    res = CliRunner().invoke(cli, _args(world, cut, "--resume"))
+    res = CliRunner().invoke(cli, args(cut, "--resume"))
     assert res.exit_code == 0, (res.output, res.exception)
 
     a, b = load_file(str(full / "generator.safetensors")), load_file(str(cut / "generator.safetensors"))

@@ -176,13 +176,20 @@ def test_adapter_contract():
     trainable = {id(p) for p in A.trainable_parameters()}
     assert id(G.synthesis.b4.const) not in trainable
     assert not trainable & {id(p) for p in G.mapping.parameters()}
+    # Only the 4x4 ToRGB (NADA's and IPL's to_rgb1, their probe's row 1) may train by default; the others stay frozen.
+    to_rgb1 = {id(p) for p in G.synthesis.b4.torgb.parameters()}
     torgb = {id(p) for b in G.synthesis.blocks() for p in b.torgb.parameters()}
-    assert torgb and not trainable & torgb, "ToRGB layers must stay frozen by default (as NADA and IPL)"
+    assert to_rgb1 <= trainable and not trainable & (torgb - to_rgb1)
     convs = {id(p) for layer in G.synthesis.conv_layers() for p in layer.parameters()}
     assert convs <= trainable
     with_rgb = {id(p) for p in StyleGAN2Adapter(G, train_torgb=True).trainable_parameters()}
     assert with_rgb == trainable | torgb
-    assert [id(p) for p in A.layer_parameters(2)] == [id(p) for p in G.layer_groups()[2]]
+    # 8 px: rows 0..3. Reference: [b4.conv1, b4.torgb, b8.conv0, b8.conv1]; semantic: the convolutions a row
+    # modulates (row 2: b8.conv1), no ToRGB.
+    assert [id(p) for p in A.layer_parameters(2)] == [id(p) for p in G.synthesis.b8.conv0.parameters()]
+    assert [id(p) for p in A.layer_parameters(2, "semantic")] == [id(p) for p in G.synthesis.b8.conv1.parameters()]
+    assert [id(p) for p in A.layer_parameters(1, "semantic")] == [id(p) for p in G.synthesis.b8.conv0.parameters()]
+    assert A.layer_parameters(3, "semantic") == []
     B = A.copy()
     assert B.G is not A.G and torch.equal(B.G.synthesis.b4.const, A.G.synthesis.b4.const)
 

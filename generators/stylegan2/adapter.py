@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ipl.generators.stylegan2.network import Generator
+from ipl.core.errors import IPLError
 from ipl.core.interface import AdaptableGenerator
 
 
@@ -17,11 +18,12 @@ class StyleGAN2Adapter(AdaptableGenerator):
         self,
         G: Generator,               # the wrapped StyleGAN2 generator (owned by this adapter)
         noise_mode: str = "const",  # noise used by render(): 'const' keeps renders deterministic
-        train_torgb: bool = False,  # let stage 2 train the ToRGB layers (NADA/IPL never do; see below)
+        train_torgb: bool = False,  # let stage 2 train every ToRGB layer (NADA/IPL reach only the 4x4 one; below)
     ) -> None:
         super().__init__()
         self.G = G
         self.noise_mode = noise_mode
+        self.noise_generator: Optional[torch.Generator] = None  # 'random' noise drawn from it (set_noise_mode)
         self.train_torgb = train_torgb
         self.code_dim = G.w_dim
         self.resolution = G.img_resolution
@@ -44,7 +46,7 @@ class StyleGAN2Adapter(AdaptableGenerator):
 
     def render(self, latents: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] from W codes [N, w_dim] (or W+ [N, num_ws, w_dim])."""
-        return self.G.synthesis(latents, noise_mode=self.noise_mode)
+        return self.G.synthesis(latents, noise_mode=self.noise_mode, noise=self._drawn_noise(latents.shape[0]))
 
     def num_layers(self) -> int:
         return self.G.num_ws
@@ -56,18 +58,59 @@ class StyleGAN2Adapter(AdaptableGenerator):
 
     def render_layers(self, latents_plus: torch.Tensor) -> torch.Tensor:
         assert latents_plus.ndim == 3, tuple(latents_plus.shape)
-        return self.G.synthesis(latents_plus, noise_mode=self.noise_mode)
+        return self.G.synthesis(latents_plus, noise_mode=self.noise_mode,
+                                noise=self._drawn_noise(latents_plus.shape[0]))
 
-    def layer_parameters(self, index: int) -> list[nn.Parameter]:
-        return self.G.layer_groups()[index]
+    def _drawn_noise(self, n: int) -> Optional[list[torch.Tensor]]:
+        """'random' with a generator: fresh per-layer noise [n, 1, R, R]; otherwise None (the network's noise_mode).
+
+        One draw from the run's generator seeds this render's noise, which is made on the network's own device: a
+        GPU draws megapixels of noise itself (a CPU stream would cost ~1 s per stage-1 batch at 1024 px), and the
+        run's stream stays a small state that --resume restores on any device (the noise itself differs by device).
+        """
+        if self.noise_mode != "random" or self.noise_generator is None:
+            return None
+        seed = int(torch.randint(0, 2**63 - 1, [1], generator=self.noise_generator,
+                                 device=self.noise_generator.device))
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        return [torch.randn([n, 1, h, w], generator=gen, device=self.device) for (_, _, h, w) in self.G.noise_shapes()]
+
+    def layer_parameters(self, index: int, layer_map: str = "reference") -> list[nn.Parameter]:
+        """What unfreezing W+ row `index` trains.
+
+        'reference': the NADA and IPL trainers' map (`determine_opt_layers`, ZSSGAN.py of both): the row indexes
+        rosinality's [conv1, to_rgb1] + convs, so row 0 -> b4.conv1, row 1 -> b4.torgb, row i >= 2 -> the (i-2)-th of
+        b8.conv0, b8.conv1, b16.conv0, ... (every parameter of that module: weight, affine, noise strength, bias, as
+        their requires_grad on the module). One module per row, whatever the checkpoint's format; it is not the
+        layer the row modulates (row i >= 1 feeds the (i-1)-th of those convolutions), but what those trainers train.
+        'semantic': the convolutions the row modulates (`Generator.layer_groups`), its ToRGB only with train_torgb;
+        the last row, which modulates only the last ToRGB, then trains nothing (and is never picked).
+        """
+        if layer_map == "reference":
+            return list(self._reference_modules()[index].parameters())
+        if layer_map == "semantic":
+            group = self.G.layer_groups()[index]
+            if self.train_torgb:
+                return group
+            torgb = {id(p) for block in self.G.synthesis.blocks() for p in block.torgb.parameters()}
+            return [p for p in group if id(p) not in torgb]
+        raise IPLError(f"unknown layer map {layer_map!r}; choose reference or semantic")
+
+    def _reference_modules(self) -> list[nn.Module]:
+        """The reference trainers' row -> module list: [conv1, to_rgb1] + convs in our names."""
+        synthesis = self.G.synthesis
+        convs = [layer for block in synthesis.blocks()[1:] for layer in block.layers()]
+        modules = [synthesis.b4.conv1, synthesis.b4.torgb] + convs
+        assert len(modules) == self.G.num_ws, (len(modules), self.G.num_ws)
+        return modules
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The synthesis convolutions (with their affines): not the constant input, nor ToRGB unless asked."""
-        # The NADA and IPL reference trainers adapt "everything except mapping and ToRGB": the layer groups
-        # still list ToRGB parameters (their affines read the W+ rows), but they stay as in the source.
+        """What a layer map can train: every synthesis convolution (weight, affine, noise strength, bias) and the
+        4x4 ToRGB (the reference map's row 1: NADA's and IPL's to_rgb1); not the constant input, the mapping
+        network, nor the other ToRGBs unless train_torgb. The trainer keeps those of its map (`layer_parameters`)."""
         frozen = {id(self.G.synthesis.b4.const)}
         if not self.train_torgb:
-            frozen |= {id(p) for block in self.G.synthesis.blocks() for p in block.torgb.parameters()}
+            frozen |= {id(p) for block in self.G.synthesis.blocks()[1:] for p in block.torgb.parameters()}
         return [p for p in self.G.synthesis.parameters() if id(p) not in frozen]
 
     @property
@@ -75,9 +118,12 @@ class StyleGAN2Adapter(AdaptableGenerator):
         """What the checkpoint recorded (an adapted model: source, target text, method...)."""
         return dict(self.G.metadata)
 
-    def set_noise_mode(self, mode: str) -> None:
-        """'const' (the stored noise buffers), 'random' or 'none' for render()."""
+    def set_noise_mode(self, mode: str, generator: Optional[torch.Generator] = None) -> None:
+        """'const' (the stored noise buffers), 'random' (fresh each call; from `generator` when given) or 'none'."""
+        if mode not in ("const", "random", "none"):
+            raise ValueError(f"noise mode must be 'const', 'random' or 'none', got {mode!r}")
         self.noise_mode = mode
+        self.noise_generator = generator if mode == "random" else None
 
     @property
     def num_classes(self) -> int:

@@ -7,10 +7,13 @@ from typing import Optional
 
 import click
 
-from ipl.core.config import AdaptConfig, slugify
+from ipl.core.config import LAYER_MAPS, AdaptConfig, layered_defaults, slugify
 from ipl.core.errors import IPLError
 
 _D = AdaptConfig()  # defaults shown in --help come from the dataclass
+# The AdaptConfig field each option sets, where the names differ (for the provenance of settings, filled_by).
+_FIELD_OF = {"clips": "clip", "targets": "target_text", "target_file": "target_text", "diffusion_opts": "diffusion",
+             "source_images": "diffusion"}
 
 
 def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[str]:
@@ -64,7 +67,9 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--target-file", type=click.Path(dir_okay=False), default=None,
               help="File with one target text per line (# comments allowed).")
 @click.option("--method", type=click.Choice(["ipl", "nada"]), default=_D.method,
-              help="ipl: image-specific prompts (two stages); nada: one fixed text direction (baseline).")
+              help="ipl: image-specific prompts (two stages); nada: one fixed text direction (baseline), with "
+              "NADA's recipe as its defaults (--layers all --layer-every 1 --lr 0.0016 --batch 2 --iters 301 "
+              "--ema-decay 0); a flag given or a source's run_defaults win over the recipe.")
 @click.option("--clip", "clips", multiple=True, help="CLIP model NAME[:PRETRAINED][@WEIGHT], repeatable "
               "[default: the registry's, ViT-B-32:openai; 'toy' for --source toy].")
 @click.option("--iters-prompt", type=int, default=_D.iters_prompt, help="Stage-1 iterations (prompt learners). "
@@ -85,6 +90,10 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--layer-batch", type=int, default=_D.layer_batch, help="Latents used to pick layers each step.")
 @click.option("--layer-every", type=int, default=_D.layer_every,
               help="Re-pick the unfrozen layers every N steps (1 = every step, as NADA; larger is cheaper).")
+@click.option("--layer-map", type=click.Choice(list(LAYER_MAPS)), default=_D.layer_map,
+              help="What unfreezing W+ row i trains: reference = the NADA/IPL trainers' map (row 0 -> conv1, row 1 "
+              "-> to_rgb1, row i >= 2 -> convs[i-2], rosinality names); semantic = the convolutions row i modulates "
+              "(ToRGB never trained).")
 @click.option("--augment", "augment_views", type=int, default=_D.augment_views,
               help="Paired random crops/flips per image fed to CLIP in stage 2 (0 = none, as NADA/IPL).")
 @click.option("--length-weight", type=float, default=_D.length_weight,
@@ -96,6 +105,10 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--freeze-noise/--train-noise", default=_D.freeze_noise,
               help="Keep StyleGAN2's per-layer noise strengths as in the source, or train them as NADA/IPL do (a "
               "weak CLIP can reward speckle drawn through them) [default: train; toy: freeze].")
+@click.option("--noise", type=click.Choice(["random", "fixed"]), default=_D.noise,
+              help="Per-pixel noise of the training renders: random = fresh for every render (stage 1, G_s, G_t, "
+              "the layer probe) from the run's seeded generator, as NADA/IPL; fixed = the one stored noise set. "
+              "Sample grids and `ipl sample` always use the stored set [toy: fixed].")
 @click.option("--truncation", type=float, default=None, help="Truncation psi for training latents "
               "[default: the registry's, 1.0].")
 @click.option("--diffusion", "diffusion_opts", multiple=True, metavar="KEY=VALUE",
@@ -119,8 +132,9 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--force", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(source, source_text, targets, target_file, method, clips, iters_prompt, batch_prompt, lr_prompt,
-            n_ctx, lambda_l, lambda_src, iters, batch, lr, ema_decay, layers, layer_batch, layer_every, augment_views,
-            length_weight, length_ratio, freeze_noise, truncation, diffusion_opts, source_images, out,
+            n_ctx, lambda_l, lambda_src, iters, batch, lr, ema_decay, layers, layer_batch, layer_every, layer_map,
+            augment_views,
+            length_weight, length_ratio, freeze_noise, noise, truncation, diffusion_opts, source_images, out,
             device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
     """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
     from ipl import generators
@@ -130,10 +144,10 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
     if resume and force:
         raise IPLError("--resume and --force contradict each other; pass one of them")
     target_list = _read_targets(targets, target_file)
-    # Per-source defaults (registry entries; diffusion models given by path), unless the flag was given.
     ctx = click.get_current_context()
-    run_defaults = {k: v for k, v in run_defaults_for(source).items()
-                    if ctx.get_parameter_source(k) in (None, click.core.ParameterSource.DEFAULT)}
+    given = {_FIELD_OF.get(name, name) for name in ctx.params
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    given &= {f.name for f in dataclasses.fields(AdaptConfig)}
     if is_registry_name(source):
         entry = get_source(source)
         default_text, default_clips = entry.source_text, list(entry.clip)
@@ -142,6 +156,11 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
     else:
         get_source(source)  # unknown name: lists the known ones
         raise AssertionError("unreachable")
+    # Defaults in layers (ipl.core.config.layered_defaults): a flag given > the source's (registry run_defaults, or
+    # those of the family reading a path; its source text and CLIP) > the method's recipe > AdaptConfig.
+    label = "source:" + (Path(source).expanduser().name if Path(source).expanduser().exists() else source)
+    source_defaults = {"source_text": default_text, "clip": default_clips, **run_defaults_for(source)}
+    defaults, filled_by = layered_defaults(method, source_defaults, given, label)
     if layers is not None and str(layers).strip().lower() != "all":
         try:
             layers = int(layers)
@@ -172,13 +191,13 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
                           iters_prompt=iters_prompt, batch_prompt=batch_prompt, lr_prompt=lr_prompt, n_ctx=n_ctx,
                           lambda_l=lambda_l, lambda_src=lambda_src, iters=iters, batch=batch, lr=lr,
                           ema_decay=ema_decay, layers=layers, layer_batch=layer_batch, layer_every=layer_every,
+                          layer_map=layer_map,
                           augment_views=augment_views, length_weight=length_weight,
-                          length_ratio=length_ratio, freeze_noise=freeze_noise, truncation=truncation,
+                          length_ratio=length_ratio, freeze_noise=freeze_noise, noise=noise, truncation=truncation,
                           diffusion=diffusion,
                           out=run_out, device=device, precision=precision, seed=seed, sample_every=sample_every,
                           sample_n=sample_n, checkpoint_every=checkpoint_every)
-        if run_defaults:
-            cfg = dataclasses.replace(cfg, **run_defaults)
+        cfg = dataclasses.replace(cfg, **defaults, filled_by=dict(filled_by))
         configs.append(cfg.validate())
 
     # Check every run before starting any (nothing is written when one of them is bad).

@@ -1,4 +1,4 @@
-"""Every setting of one adaptation run, with the paper's defaults; JSON in and out."""
+"""Every setting of one adaptation run, with IPL's settings as defaults (differences: docs/fidelity.md); JSON in and out."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +7,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from ipl.core.errors import IPLError
 
 METHODS = ("ipl", "nada")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
+NOISE_MODES = ("random", "fixed")
+LAYER_MAPS = ("reference", "semantic")
 
 
 @dataclass
@@ -48,6 +50,10 @@ class AdaptConfig:
     # Re-pick the layers every N steps. NADA re-picks every step (1), but its probe (8 latents through G_t
     # with grad) then costs more than the training step itself; every 4 steps keeps it a minor share.
     layer_every: int = 4
+    # Which parameters unfreezing W+ row i trains (docs/adapt.md, "Adaptive layer freezing"): "reference" is the NADA
+    # and IPL trainers' map (row 0 -> conv1, row 1 -> to_rgb1, row i >= 2 -> convs[i-2], rosinality names), "semantic"
+    # the convolutions row i modulates (never a ToRGB; rows that modulate only a ToRGB are never picked).
+    layer_map: str = "reference"
     # Paired random crops/flips of source and adapted images fed to CLIP (0: none, as NADA and IPL).
     # DESIGN section 9: a defence against a weak CLIP being satisfied by washed-out images.
     augment_views: int = 0
@@ -59,6 +65,12 @@ class AdaptConfig:
     # Keep StyleGAN2's per-layer noise strengths frozen in stage 2 (NADA and IPL train them). A small CLIP's
     # gradient rewards per-pixel speckle, which one noise-strength scalar per layer draws at once (toy world).
     freeze_noise: bool = False
+    # StyleGAN2's per-pixel noise in training renders (stage 1, and G_s, G_t and the layer probe in stage 2):
+    # "random" draws fresh noise for every render, as the NADA and IPL references do (randomize_noise=True), from
+    # a seeded generator the run owns (saved in checkpoint.pt, so --resume stays bit-exact); "fixed" renders every
+    # pass with the one stored noise set, which lets the noise strengths learn a fixed speckle pattern. Sample
+    # grids and `ipl sample` always use the stored set. Generators without noise inputs ignore it.
+    noise: str = "random"
     truncation: Optional[float] = None      # None: registry default (1.0 for training)
     diffusion: dict = field(default_factory=dict)  # diffusion sources only: DiffusionConfig overrides
                                             # (t0, inversion_steps, generation_steps, lean, source_images, ...)
@@ -71,6 +83,10 @@ class AdaptConfig:
     sample_every: int = 50                  # sample grid every N stage-2 iterations (0: start and end only)
     sample_n: int = 8                       # images per sample row (fixed seeds)
     checkpoint_every: int = 25              # resumable checkpoint every N stage-2 iterations
+    # Where each setting set above these defaults came from: "flag", "source:NAME" (the source's run_defaults
+    # and registry texts) or "recipe:METHOD" (METHOD_RECIPES); filled by `ipl adapt` (layered_defaults). A record
+    # for config.json, not a hyperparameter: --resume does not compare it.
+    filled_by: dict = field(default_factory=dict)
 
     def validate(self) -> "AdaptConfig":
         """Refuse settings that cannot make a run, with a message saying what to change."""
@@ -87,6 +103,10 @@ class AdaptConfig:
             raise IPLError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise IPLError(f"unknown device {self.device!r}; choose auto, cuda, cuda:N or cpu")
+        if self.noise not in NOISE_MODES:
+            raise IPLError(f"--noise {self.noise!r}: choose one of {', '.join(NOISE_MODES)}")
+        if self.layer_map not in LAYER_MAPS:
+            raise IPLError(f"--layer-map {self.layer_map!r}: choose one of {', '.join(LAYER_MAPS)}")
         # Every number: finite and in range (LIMITS, FLOAT_RANGES; docs/adapt.md "Safety"), before anything is
         # written. Stage-1 settings only matter (and are only checked) for IPL.
         stage1 = ("iters_prompt", "batch_prompt", "n_ctx", "lr_prompt", "lambda_l", "lambda_src")
@@ -135,6 +155,39 @@ class AdaptConfig:
         with open(path, encoding="utf-8") as fh:
             d = json.load(fh)
         return cls.from_dict(d.get("settings", d))
+
+
+# A method's own recipe: the settings its reference implementation's README runs with. `ipl adapt --method M`
+# starts from them; a source's run_defaults and any flag given win (layered_defaults). NADA's FFHQ recipe:
+# --auto_layer_k 18 --auto_layer_iters 1 --lr 0.002 --batch 2 --iter 301, saving the trainable generator: k is
+# every layer ("all": the probe would pick them all, so stage 2 skips it) and no EMA (decay 0: the saved generator
+# is G_t itself). IPL's recipe is AdaptConfig's defaults.
+METHOD_RECIPES: dict[str, dict[str, Any]] = {
+    "ipl": {},
+    # NADA's README command for FFHQ (--auto_layer_k 18 --lr 0.002 --batch 2 --iter 301): its train.py runs Adam at
+    # lr x 4/5 (our --lr is the Adam lr, as for IPL) for range(301) steps, and saves the trained generator (no EMA).
+    "nada": {"layers": "all", "layer_every": 1, "lr": 0.002 * 0.8, "batch": 2, "iters": 301, "ema_decay": 0.0},
+}
+
+
+def layered_defaults(method: str, source_defaults: Mapping[str, Any], given: Iterable[str],
+                     source_label: str = "source") -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings to put over AdaptConfig's defaults, and which layer filled each one.
+
+    Highest first: a flag given on the command line (`given`: AdaptConfig field names the caller set from flags;
+    left to the caller, recorded "flag"), the source's defaults (its registry run_defaults, source text and CLIP;
+    recorded `source_label`, e.g. "source:toy"), the method's recipe (METHOD_RECIPES, "recipe:METHOD"),
+    AdaptConfig's defaults (not recorded). Returns (values for dataclasses.replace, provenance map).
+    """
+    given = set(given)
+    values: dict[str, Any] = {}
+    filled = {name: "flag" for name in given}
+    for layer, label in ((METHOD_RECIPES.get(method, {}), f"recipe:{method}"), (source_defaults, source_label)):
+        for name, value in layer.items():  # the source's layer comes second and overwrites the recipe's
+            if name not in given:
+                values[name] = value
+                filled[name] = label
+    return values, dict(sorted(filled.items()))
 
 
 # Integer settings: (min, max). The maxima are far above anything the method uses (paper: batch 2, stage-1

@@ -60,13 +60,17 @@ class AdaptableGenerator(nn.Module, ABC):
         """Render per-layer latents (W+ for StyleGAN2)."""
         raise NotImplementedError(f"{type(self).__name__} has no per-layer latents")
 
-    def layer_parameters(self, index: int) -> list[nn.Parameter]:
-        """Parameters driven by layer group `index`."""
+    def layer_parameters(self, index: int, layer_map: str = "reference") -> list[nn.Parameter]:
+        """Parameters that unfreezing layer group `index` trains, under `layer_map` (`AdaptConfig.layer_map`):
+        'reference' is the row -> module map of the NADA and IPL trainers, 'semantic' the layers the row's latent
+        modulates. A group may be empty (the trainer never picks one with nothing trainable). A generator whose
+        groups have only one meaning ignores `layer_map`."""
         raise NotImplementedError(f"{type(self).__name__} has no layer groups")
 
     @abstractmethod
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every parameter stage 2 may train when no layer freezing is used."""
+        """Every parameter stage 2 may train. For a generator with layer groups the trainer further keeps only
+        those some group of the run's layer map holds (`layer_parameters`), also when no layer is frozen."""
 
     def copy(self) -> "AdaptableGenerator":
         """A deep copy (G_t starts as a copy of G_s)."""
@@ -102,8 +106,10 @@ class AdaptableGenerator(nn.Module, ABC):
         """Per-layer noise strengths that stage 2 may keep frozen (`--freeze-noise`); none by default."""
         return []
 
-    def set_noise_mode(self, mode: str) -> None:
-        """How render() draws per-pixel noise ('const', 'random', 'none'); ignored by generators without noise."""
+    def set_noise_mode(self, mode: str, generator: Optional[torch.Generator] = None) -> None:
+        """How render() and render_layers() draw per-pixel noise: 'const' (the stored noise set), 'random' (fresh
+        noise for every call; drawn from `generator` when one is given, so a seeded run repeats it bit for bit,
+        else from the global RNG) or 'none'. Ignored by generators without noise inputs."""
 
     def extra_losses(self, latents: torch.Tensor, images_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms of the family's own added to stage 2's total (diffusion: L1 to the source)."""

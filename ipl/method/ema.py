@@ -9,7 +9,7 @@ class EMA:
     """Keeps `shadow` = decay * shadow + (1 - decay) * model, parameter by parameter.
 
     Uses lerp so a parameter that never changes stays bit-identical in the shadow
-    (frozen layers of the saved generator are exactly the source's).
+    (frozen layers of the saved generator are exactly the source's). Decay 0 copies the model exactly.
     """
 
     def __init__(self, model: nn.Module, shadow: nn.Module, decay: float = 0.99):
@@ -24,7 +24,10 @@ class EMA:
         """One EMA step after an optimiser step; buffers are copied as they are."""
         w = 1.0 - self.decay
         for ps, pm in zip(self.shadow.parameters(), self.model.parameters()):
-            ps.lerp_(pm.detach().to(ps.dtype), w)
+            if self.decay == 0:  # no EMA (NADA's recipe): the shadow is the model itself, bit for bit
+                ps.copy_(pm.detach())
+            else:
+                ps.lerp_(pm.detach().to(ps.dtype), w)
         for bs, bm in zip(self.shadow.buffers(), self.model.buffers()):
             bs.copy_(bm)
 

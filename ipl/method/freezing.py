@@ -11,21 +11,31 @@ from ipl.core.interface import AdaptableGenerator
 
 def select_layers(generator: AdaptableGenerator, clips: Sequence, target_feats: Sequence[torch.Tensor],
                   k: Optional[int], latents: torch.Tensor, lr: float = 0.01,
-                  autocast: Callable[[], ContextManager] = nullcontext) -> list[int]:
+                  autocast: Callable[[], ContextManager] = nullcontext,
+                  allowed: Optional[Sequence[torch.nn.Parameter]] = None,
+                  layer_map: str = "reference") -> list[int]:
     """Indices of the k layer groups whose per-layer latents move most in one SGD step toward the target.
+
+    Only groups that hold a parameter (of `allowed`, when given) under `layer_map` compete: a group with nothing
+    to train is never picked, so k groups are always k trained ones (or all of them when fewer are left).
 
     generator:    G_t (its parameters must not require grad here; only the W+ probe is differentiated)
     clips:        FrozenClip models (each with `.weight` and `encode_images`)
     target_feats: per CLIP model, the target text embedding [1, D] (unnormalised is fine)
-    k:            how many layers to unfreeze; None, or k >= num_layers, means all of them
+    k:            how many layers to unfreeze; None, or k >= the groups that compete, means all of those
     latents:      the probe batch (NADA uses 8), as from `generator.sample_latents`
     lr:           the probe's SGD learning rate (NADA: 0.01)
+    allowed:      the parameters stage 2 may train (None: every parameter of a group counts)
+    layer_map:    which parameters each group trains (`AdaptableGenerator.layer_parameters`)
     """
     from ipl.method.losses import global_clip_loss
 
     n_layers = generator.num_layers()
-    if n_layers == 0 or k is None or k >= n_layers:
-        return list(range(n_layers))
+    if n_layers == 0:
+        return []
+    candidates = [i for i in range(n_layers) if _group(generator, i, allowed, layer_map)]
+    if k is None or k >= len(candidates):
+        return candidates
     assert len(clips) == len(target_feats), "one target feature per CLIP model"
     with torch.no_grad():
         w_plus = generator.lift(latents).detach()
@@ -40,19 +50,29 @@ def select_layers(generator: AdaptableGenerator, clips: Sequence, target_feats: 
     (grad,) = torch.autograd.grad(loss, [w_plus])
     # The SGD step moves each entry by lr * grad; rank layers by the mean size of that move.
     moved = (lr * grad.float()).abs().flatten(2).mean(dim=2).mean(dim=0)  # [num_layers]
-    chosen = torch.topk(moved, k).indices
-    return sorted(int(i) for i in chosen)
+    chosen = torch.topk(moved[candidates], k).indices
+    return sorted(candidates[int(i)] for i in chosen)
 
 
 def parameters_of_layers(generator: AdaptableGenerator, layers: Sequence[int],
-                         allowed: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    """Parameters driven by `layers`, restricted to `allowed` (trainable ones), without duplicates, in order."""
+                         allowed: Sequence[torch.nn.Parameter],
+                         layer_map: str = "reference") -> list[torch.nn.Parameter]:
+    """Parameters `layers` train under `layer_map`, restricted to `allowed` (trainable ones), without duplicates,
+    in order."""
     allowed_ids = {id(p) for p in allowed}
     seen: set[int] = set()
     out = []
     for i in layers:
-        for p in generator.layer_parameters(i):
+        for p in generator.layer_parameters(i, layer_map):
             if id(p) in allowed_ids and id(p) not in seen:
                 seen.add(id(p))
                 out.append(p)
     return out
+
+
+def _group(generator: AdaptableGenerator, index: int, allowed: Optional[Sequence[torch.nn.Parameter]],
+           layer_map: str) -> list[torch.nn.Parameter]:
+    """Group `index`'s parameters under `layer_map`, restricted to `allowed` when given."""
+    if allowed is None:
+        return list(generator.layer_parameters(index, layer_map))
+    return parameters_of_layers(generator, [index], allowed, layer_map)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ipl.core.config import AdaptConfig
 from ipl.core.interface import AdaptableGenerator
 from ipl.method.losses import contrastive_loss, domain_regularizer
+from ipl.method.noise import training_noise
 from ipl.method.prompts import FIXED_TEMPLATE, PromptLearner
 from ipl.method.templates import template_features
 
@@ -56,12 +57,17 @@ def train_prompts(generator: AdaptableGenerator, clips: Sequence, source_text: s
                   iters: int = _D.iters_prompt, batch: int = _D.batch_prompt, lr: float = _D.lr_prompt,
                   n_ctx: int = _D.n_ctx, lambda_l: float = _D.lambda_l, lambda_src: float = _D.lambda_src,
                   truncation: float = 1.0, seed: int = _D.seed, progress: bool = True,
-                  callback: Optional[Callable[[int, dict], None]] = None) -> Stage1Result:
-    """Train one PromptLearner per CLIP model (Adam on the learners only; generator and CLIPs frozen)."""
+                  callback: Optional[Callable[[int, dict], None]] = None, noise: str = _D.noise) -> Stage1Result:
+    """Train one PromptLearner per CLIP model (Adam on the learners only; generator and CLIPs frozen).
+
+    noise: "random" renders every batch with fresh per-layer noise from a generator seeded with seed + 3 (as the
+    IPL reference); "fixed" with the generator's stored noise set.
+    """
     if not clips:
         raise ValueError("train_prompts needs at least one CLIP model")
     device = clips[0].device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise_rng = torch.Generator(device="cpu").manual_seed(int(seed) + 3)
     with torch.random.fork_rng(devices=[]):  # seeded learner initialisation, global RNG left alone
         torch.manual_seed(int(seed))
         learners = [PromptLearner(generator.code_dim, n_ctx=n_ctx, ctx_dim=c.ctx_dim) for c in clips]
@@ -81,7 +87,7 @@ def train_prompts(generator: AdaptableGenerator, clips: Sequence, source_text: s
         bar = tqdm(total=iters, desc="stage 1 (prompts)", leave=False)
     for it in range(iters):
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), training_noise([generator], noise, noise_rng):
             latents = generator.sample_latents(batch, generator=gen, truncation=truncation)
             images = generator.render(latents)
             codes = generator.codes(latents).detach().float().to(device)

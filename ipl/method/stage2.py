@@ -21,6 +21,7 @@ from ipl.core.config import AdaptConfig
 from ipl.method.ema import EMA
 from ipl.core.errors import IPLError
 from ipl.method.freezing import parameters_of_layers, select_layers
+from ipl.method.noise import training_noise
 from ipl.core.interface import AdaptableGenerator
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,10 +49,12 @@ class Stage2Settings:
     layer_batch: int = _D.layer_batch
     layer_lr: float = _D.layer_lr
     layer_every: int = _D.layer_every
+    layer_map: str = _D.layer_map      # what unfreezing a layer group trains (AdaptableGenerator.layer_parameters)
     augment_views: int = _D.augment_views
     length_weight: float = _D.length_weight
     length_ratio: float = 0.0          # resolved from AdaptConfig.length_ratio (needed when length_weight > 0)
     freeze_noise: bool = _D.freeze_noise
+    noise: str = _D.noise              # "random": fresh noise per render from self.noise_rng; "fixed": stored set
     truncation: float = 1.0            # resolved from AdaptConfig.truncation (the registry's when None)
     precision: str = _D.precision
     seed: int = _D.seed
@@ -109,6 +112,10 @@ class Stage2Trainer:
         for p in self.G_t.parameters():
             p.requires_grad_(False)
         self.params = list(self.G_t.trainable_parameters())
+        if self.G_t.num_layers() > 0:
+            # Only what some layer group of the map trains, also with no layer frozen (StyleGAN2 'reference': NADA's
+            # and IPL's conv1, to_rgb1 and convs, whatever k is).
+            self.params = parameters_of_layers(self.G_t, range(self.G_t.num_layers()), self.params, s.layer_map)
         if s.freeze_noise:
             noise = self.G_t.noise_parameters()
             if not noise:
@@ -124,6 +131,9 @@ class Stage2Trainer:
         # Latents are drawn from a CPU generator (same stream on every device; AdaptableGenerator moves them).
         self.rng = torch.Generator(device="cpu")
         self.rng.manual_seed(int(s.seed) + 1)  # stage 1 uses `seed`; keep stage 2's stream separate
+        # Noise of every render in a step (noise "random"): a stream of its own (latents are the same either way).
+        self.noise_rng = torch.Generator(device="cpu")
+        self.noise_rng.manual_seed(int(s.seed) + 4)  # seed + 2: the grids' latents; seed + 3: stage 1's noise
         self.iteration = 0
         self.current_layers: Optional[list[int]] = None  # the layers picked by the last probe
 
@@ -164,7 +174,15 @@ class Stage2Trainer:
                 prompt_features(clip, learner, codes, self.target_text))
 
     def step(self) -> dict[str, Any]:
-        """One stage-2 iteration; returns its log record (loss terms, layers, seconds, memory)."""
+        """One stage-2 iteration; returns its log record (loss terms, layers, seconds, memory).
+
+        With noise "random" every render in it (G_s, G_t, the layer probe) draws its own fresh noise from
+        `noise_rng` (ipl.method.noise.training_noise); outside a step G_s and G_t render the stored noise set.
+        """
+        with training_noise((self.G_s, self.G_t), self.settings.noise, self.noise_rng):
+            return self._step()
+
+    def _step(self) -> dict[str, Any]:
         from ipl.method.augment import paired_views
 
         s = self.settings
@@ -179,9 +197,10 @@ class Stage2Trainer:
             if self.current_layers is None or self.iteration % max(1, s.layer_every) == 0:
                 probe = self.G_t.sample_latents(s.layer_batch, generator=self.rng, truncation=s.truncation)
                 self.current_layers = select_layers(self.G_t, self.clips, self.probe_feats, s.layers, probe,
-                                                    lr=s.layer_lr, autocast=self.autocast)
+                                                    lr=s.layer_lr, autocast=self.autocast, allowed=self.params,
+                                                    layer_map=s.layer_map)
             layers = list(self.current_layers)
-            active = parameters_of_layers(self.G_t, layers, self.params)
+            active = parameters_of_layers(self.G_t, layers, self.params, s.layer_map)
         else:
             active = self.params
         for p in active:
@@ -270,6 +289,7 @@ class Stage2Trainer:
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
             "rng": self.rng.get_state(),
+            "noise_rng": self.noise_rng.get_state(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
@@ -283,6 +303,10 @@ class Stage2Trainer:
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.rng.set_state(state["rng"].cpu())
+        if "noise_rng" in state:
+            self.noise_rng.set_state(state["noise_rng"].cpu())
+        elif self.settings.noise == "random":  # a checkpoint from before --noise existed rendered with fixed noise
+            raise KeyError("noise_rng (the checkpoint has no noise stream: it was written with --noise fixed)")
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
 
