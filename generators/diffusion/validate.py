@@ -3,11 +3,10 @@ before any UNet is built: one `CheckpointError` "<file>: <field>: expected <what
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from ipl.core.errors import CheckpointError
+from ipl.core.fields import MISSING, Described, field_error, is_int, is_real, show  # noqa: F401
 
 MAX_DIM = 65536                  # any channel count, size or class count
 MAX_BLOCKS = 32
@@ -18,47 +17,13 @@ ROLES = ("source", "adapted")
 RECORD_VERSION = 1
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "no such entry"
-
-
-MISSING: Any = _Missing()
-
-
-class Described(str):
-    """A value already described in words (shown as is, without quotes)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a hostile object's repr is not trusted to work
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def field_error(source: Any, field: str, expected: str, value: Any) -> CheckpointError:
-    return CheckpointError(f"{source}: {field}: expected {expected}, got {_show(value)}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
 
 def _int(cfg: dict, key: str, lo: int, hi: int, source: Any, field: str, optional: bool = True) -> None:
     if key not in cfg or cfg[key] is None:
         if optional:
             return
         raise field_error(source, f"{field}.{key}", f"an integer in {lo}..{hi}", MISSING)
-    if not _is_int(cfg[key]) or not lo <= int(cfg[key]) <= hi:
+    if not is_int(cfg[key]) or not lo <= int(cfg[key]) <= hi:
         raise field_error(source, f"{field}.{key}", f"an integer in {lo}..{hi}", cfg[key])
 
 
@@ -67,8 +32,8 @@ def check_unet_config(cfg: Any, source: Any, field: str = "unet_config") -> None
     if not isinstance(cfg, dict):
         raise field_error(source, field, "a JSON object (a diffusers UNet2DModel config)", cfg)
     size = cfg.get("sample_size")
-    if size is not None and not (_is_int(size) and 1 <= size <= MAX_DIM) and not (
-            isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(s) and 1 <= s <= MAX_DIM for s in size)):
+    if size is not None and not (is_int(size) and 1 <= size <= MAX_DIM) and not (
+            isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(s) and 1 <= s <= MAX_DIM for s in size)):
         raise field_error(source, f"{field}.sample_size", f"an integer (or [h, w]) in 1..{MAX_DIM}", size)
     for key in ("in_channels", "out_channels", "norm_num_groups", "attention_head_dim", "time_embedding_dim"):
         _int(cfg, key, 1, MAX_DIM, source, field)
@@ -76,7 +41,7 @@ def check_unet_config(cfg: Any, source: Any, field: str = "unet_config") -> None
     _int(cfg, "layers_per_block", 1, MAX_LAYERS_PER_BLOCK, source, field)
     channels = cfg.get("block_out_channels", (224, 448, 672, 896))
     if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= MAX_BLOCKS \
-            or not all(_is_int(c) and 1 <= c <= MAX_DIM for c in channels):
+            or not all(is_int(c) and 1 <= c <= MAX_DIM for c in channels):
         raise field_error(source, f"{field}.block_out_channels",
                           f"a list of 1..{MAX_BLOCKS} integers in 1..{MAX_DIM}", channels)
     for key in ("down_block_types", "up_block_types"):
@@ -90,7 +55,7 @@ def check_unet_config(cfg: Any, source: Any, field: str = "unet_config") -> None
     for key in ("act_fn", "time_embedding_type", "mid_block_type", "resnet_time_scale_shift"):
         if cfg.get(key) is not None and not isinstance(cfg[key], str):
             raise field_error(source, f"{field}.{key}", "a string", cfg[key])
-    if cfg.get("norm_eps") is not None and not (_is_real(cfg["norm_eps"]) and cfg["norm_eps"] > 0):
+    if cfg.get("norm_eps") is not None and not (is_real(cfg["norm_eps"]) and cfg["norm_eps"] > 0):
         raise field_error(source, f"{field}.norm_eps", "a positive finite number", cfg["norm_eps"])
     # Rough size: 3x3 convs of each block's resnets (down: L per block, up: L + 1 with doubled inputs), the middle
     # block and the time embedding; only to refuse absurd sizes before allocating.
@@ -110,10 +75,10 @@ def check_scheduler_config(cfg: Any, source: Any, field: str = "scheduler_config
     _int(cfg, "steps_offset", 0, MAX_TIMESTEPS, source, field)
     for key in ("beta_start", "beta_end"):
         v = cfg.get(key)
-        if v is not None and not (_is_real(v) and 0 <= float(v) < 1):
+        if v is not None and not (is_real(v) and 0 <= float(v) < 1):
             raise field_error(source, f"{field}.{key}", "a finite number in [0, 1)", v)
     v = cfg.get("clip_sample_range")
-    if v is not None and not (_is_real(v) and float(v) > 0):
+    if v is not None and not (is_real(v) and float(v) > 0):
         raise field_error(source, f"{field}.clip_sample_range", "a positive finite number", v)
     if cfg.get("clip_sample") is not None and not isinstance(cfg["clip_sample"], bool):
         raise field_error(source, f"{field}.clip_sample", "true or false", cfg["clip_sample"])
@@ -122,7 +87,7 @@ def check_scheduler_config(cfg: Any, source: Any, field: str = "scheduler_config
             raise field_error(source, f"{field}.{key}", "a string", cfg[key])
     betas = cfg.get("trained_betas")
     if betas is not None and not (isinstance(betas, (list, tuple)) and 1 <= len(betas) <= MAX_TIMESTEPS
-                                  and all(_is_real(b) and 0 <= float(b) < 1 for b in betas)):
+                                  and all(is_real(b) and 0 <= float(b) < 1 for b in betas)):
         raise field_error(source, f"{field}.trained_betas", f"a list of 1..{MAX_TIMESTEPS} numbers in [0, 1)",
                           betas)
 
@@ -132,7 +97,7 @@ def check_record(record: Any, source: Any, header_key: str = "ipl") -> None:
     if not isinstance(record, dict):
         raise field_error(source, header_key, "a JSON object", record)
     version = record.get("version", RECORD_VERSION)
-    if not _is_int(version) or not 1 <= version <= RECORD_VERSION:
+    if not is_int(version) or not 1 <= version <= RECORD_VERSION:
         raise field_error(source, f"{header_key}.version", f"an integer format version (1..{RECORD_VERSION})",
                           version)
     check_unet_config(record.get("unet_config", MISSING), source, f"{header_key}.unet_config")
@@ -158,9 +123,9 @@ def check_diffusion_settings(settings: dict, source: Any, field: str = "diffusio
         if isinstance(default, bool):
             ok, what = isinstance(value, bool), "true or false"
         elif isinstance(default, int):
-            ok, what = _is_int(value), "an integer"
+            ok, what = is_int(value), "an integer"
         elif isinstance(default, float):
-            ok, what = _is_real(value), "a finite number"
+            ok, what = is_real(value), "a finite number"
         elif isinstance(default, str):
             ok, what = isinstance(value, str), "a string"
         else:  # Optional[str]

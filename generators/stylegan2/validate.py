@@ -10,11 +10,11 @@ would not fit in `MAX_PARAMETER_BYTES` raises one `CheckpointError`:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any, Optional
 
 from ipl.core.errors import CheckpointError
+from ipl.core.fields import MISSING, Described, field_error, is_int, is_real, show  # noqa: F401
 
 MAX_DIM = 65536                  # any width, channel count, resolution or label count
 MAX_MAPPING_LAYERS = 256
@@ -34,44 +34,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "no such entry"
+# The shared field checks, re-exported for the readers of this family.
+__all__ = ["MISSING", "Described", "field_error", "show", "is_int", "is_real", "check_generator_config"]
 
-
-MISSING: Any = _Missing()  # pass as the value when a required field is absent
-
-
-class Described(str):
-    """A value already described in words (shown as is, without quotes)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-def show(value: Any, limit: int = 80) -> str:
-    """A short, safe rendering of a (possibly hostile) value for an error message."""
-    shape = getattr(value, "shape", None)
-    if shape is not None and hasattr(value, "dtype"):
-        return f"a {type(value).__name__} of shape {list(shape)}"
-    try:
-        text = repr(value)
-    except Exception:  # a hostile object's repr is not trusted to work
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def field_error(source: Any, field: str, expected: str, value: Any) -> CheckpointError:
-    """The one error every check raises: '<file>: <field>: expected <what>, got <value>'."""
-    return CheckpointError(f"{source}: {field}: expected {expected}, got {show(value)}")
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def check_int(value: Any, lo: int, hi: int, source: Any, field: str) -> int:
