@@ -131,10 +131,15 @@ def test_stylegan3_pickle_says_not_supported(tmp_path, fake_nvidia):
         generators.load(path)
 
 
-def test_tensorflow_pickle_says_not_supported(tmp_path, fake_nvidia):
+def test_tensorflow_pickle_is_read_by_the_tf_loader(tmp_path, fake_nvidia):
+    """A TF network pickle goes to the TensorFlow reader (tests/test_nvidia_tf.py), which names what is wrong."""
     net = fake_nvidia.Network("G")
     path = _write_pickle(tmp_path / "tf.pkl", (net, net, net), protocol=2)
-    with pytest.raises(CheckpointError, match="TensorFlow.*not supported yet"):
+    with pytest.raises(CheckpointError, match=r"Gs\.version: expected 3 or 4"):
+        generators.load(path)
+    # A TF network hidden inside a PyTorch network pickle is still refused.
+    path = _write_pickle(tmp_path / "mixed.pkl", {"G_ema": fake_nvidia.record("Generator"), "x": net})
+    with pytest.raises(CheckpointError, match="TensorFlow network object"):
         generators.load(path)
 
 

@@ -18,7 +18,7 @@ def test_known_sources_and_defaults():
     assert ffhq.url == "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl"
     assert ffhq.layers == 12 == default_layers(1024)  # IPL: floor(2/3 * 18)
     assert get_source("afhqdog").layers == 10 and default_layers(256) == 9
-    assert not get_source("church").readable and get_source("church").format == "nvidia-tf-pkl"
+    assert get_source("church").readable and get_source("church").format == "nvidia-tf-pkl"
     toy = get_source("toy")
     assert toy.url is None and toy.clip == ("toy",) and toy.source_text == "a solid shape"
     assert str(cache_path(toy)).endswith("assets/toy/generator.safetensors")
@@ -38,7 +38,7 @@ def test_models_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("IPL_HOME", str(tmp_path))
     monkeypatch.setenv("IPL_OFFLINE", "1")
     r = CliRunner().invoke(cli, ["models", "list"])
-    assert r.exit_code == 0 and "ffhq" in r.output and "not readable" in r.output
+    assert r.exit_code == 0 and "ffhq" in r.output and "church" in r.output
     r = CliRunner().invoke(cli, ["models", "list", "--json"])
     assert {d["name"] for d in json.loads(r.output)} == set(REGISTRY)
     r = CliRunner().invoke(cli, ["models", "info", "afhqdog"])

@@ -65,6 +65,15 @@ def sniff_format(path: PathLike) -> str:
                           f"file); expected a StyleGAN2 checkpoint: rosinality .pt, NVIDIA .pkl or ipl .safetensors")
 
 
+def pickle_format(path: PathLike) -> str:
+    """'nvidia-tf-pkl' (NVIDIA's TensorFlow network pickles: their first global is dnnlib.tflib's Network) or
+    'nvidia-pkl' (PyTorch network pickles), from the pickle's opcodes; nothing is unpickled."""
+    from ipl.generators.stylegan2.safe_pickle import first_global
+
+    found = first_global(path)
+    return "nvidia-tf-pkl" if found is not None and found[0].startswith("dnnlib.tflib") else "nvidia-pkl"
+
+
 def _torch_load(path: Path) -> Any:
     """torch.load in weights-only mode (argparse.Namespace allowed for rosinality's 'args')."""
     import argparse
@@ -178,7 +187,8 @@ def save(G: Generator, path: PathLike, metadata: Optional[dict[str, Any]] = None
 
 
 def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Generator:
-    """Load a StyleGAN2 generator from rosinality .pt, NVIDIA .pkl or our .safetensors (detected by content)."""
+    """Load a StyleGAN2 generator from rosinality .pt, NVIDIA .pkl (PyTorch or TensorFlow) or our .safetensors
+    (detected by content)."""
     dev = check_device(device)
     path = Path(path)
     kind = sniff_format(path)
@@ -191,6 +201,11 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Generator:
                                   f"NVIDIA .pkl network snapshot or a rosinality checkpoint")
         G = convert_rosinality(ckpt, path)
         G.metadata = {"converted_from": {"format": "rosinality", "path": str(path)}}
+    elif pickle_format(path) == "nvidia-tf-pkl":
+        from ipl.generators.stylegan2.nvidia_tf import load_nvidia_tf_pickle
+
+        G = load_nvidia_tf_pickle(path)
+        G.metadata = {"converted_from": {"format": "nvidia-tf-pkl", "path": str(path)}}
     else:
         from ipl.generators.stylegan2.nvidia import load_nvidia_pickle
 

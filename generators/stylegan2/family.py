@@ -19,9 +19,9 @@ _NGC = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/
 _TF = "https://nvlabs-fi-cdn.nvidia.com/stylegan2/networks/stylegan2-{}-config-f.pkl"
 
 
-def _entry(name: str, url: str, fmt: str, res: int, text: str, desc: str, readable: bool = True) -> SourceEntry:
+def _entry(name: str, url: str, fmt: str, res: int, text: str, desc: str) -> SourceEntry:
     return SourceEntry(name=name, family=StyleGAN2Family.name, url=url, format=fmt, resolution=res,
-                       source_text=text, layers=default_layers(res), description=desc, readable=readable,
+                       source_text=text, layers=default_layers(res), description=desc,
                        filename=f"{name}.pkl")
 
 
@@ -41,7 +41,8 @@ def resolve_generator_file(path_or_dir: Union[str, Path]) -> Path:
 
 
 class StyleGAN2Family(GeneratorFamily):
-    """StyleGAN2 (config-f and smaller) in three formats: rosinality .pt, NVIDIA .pkl, ipl .safetensors."""
+    """StyleGAN2 (config-f and smaller) in four formats: rosinality .pt, NVIDIA .pkl (PyTorch and the original
+    TensorFlow release), ipl .safetensors."""
 
     name = "stylegan2"
     fallback = True  # any file: its format is sniffed on load, with a clear error when it is none of ours
@@ -65,13 +66,12 @@ class StyleGAN2Family(GeneratorFamily):
                    "AFHQv2 animals, NGC StyleGAN2"),
             _entry("ngc-metfaces", _NGC.format("metfaces-1024x1024"), "nvidia-pkl", 1024, "painting",
                    "MetFaces portraits, NGC StyleGAN2"),
-            # TensorFlow originals: listed, not yet readable.
-            _entry("tf-ffhq", _TF.format("ffhq"), "nvidia-tf-pkl", 1024, "photo", "FFHQ faces, original TF", False),
-            _entry("church", _TF.format("church"), "nvidia-tf-pkl", 256, "church", "LSUN churches, original TF",
-                   False),
-            _entry("car", _TF.format("car"), "nvidia-tf-pkl", 512, "car", "LSUN cars (512x384), original TF", False),
-            _entry("cat", _TF.format("cat"), "nvidia-tf-pkl", 256, "cat", "LSUN cats, original TF", False),
-            _entry("horse", _TF.format("horse"), "nvidia-tf-pkl", 256, "horse", "LSUN horses, original TF", False),
+            # NVIDIA's original TensorFlow releases (stylegan2 TF, read without TensorFlow: nvidia_tf.py)
+            _entry("tf-ffhq", _TF.format("ffhq"), "nvidia-tf-pkl", 1024, "photo", "FFHQ faces, original TF"),
+            _entry("church", _TF.format("church"), "nvidia-tf-pkl", 256, "church", "LSUN churches, original TF"),
+            _entry("car", _TF.format("car"), "nvidia-tf-pkl", 512, "car", "LSUN cars (512x384), original TF"),
+            _entry("cat", _TF.format("cat"), "nvidia-tf-pkl", 256, "cat", "LSUN cats, original TF"),
+            _entry("horse", _TF.format("horse"), "nvidia-tf-pkl", 256, "horse", "LSUN horses, original TF"),
         ]
 
     def claims(self, path: Path) -> bool:

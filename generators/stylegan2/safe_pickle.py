@@ -12,9 +12,10 @@ import _compat_pickle
 import collections
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 import torch
@@ -127,9 +128,9 @@ def _np_reconstruct(cls, shape, dtype_code):
 
 def _tensorflow(module: str, name: str) -> Callable:
     raise TensorFlowPickleError(
-        f"this is an original TensorFlow StyleGAN pickle ('{module}.{name}'); TensorFlow pickles are not supported "
-        f"yet. Convert it to a PyTorch checkpoint first (e.g. with rosinality's convert_weight.py or NVIDIA's "
-        f"legacy converter on a machine you trust), then load the converted .pt/.pkl.")
+        f"the pickle mixes a TensorFlow network object ('{module}.{name}') into a PyTorch network pickle; expected "
+        f"either an NVIDIA TensorFlow StyleGAN2 pickle (a tuple (G, D, Gs) of TensorFlow networks) or an NVIDIA "
+        f"PyTorch network pickle")
 
 
 # (module, name) -> safe replacement. Both numpy 1 ('numpy.core') and numpy 2 ('numpy._core') spellings.
@@ -153,7 +154,10 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves globals only through ALLOWED_GLOBALS."""
+    """Unpickler that resolves globals only through `allowed` (default ALLOWED_GLOBALS)."""
+
+    allowed: dict[tuple[str, str], Any] = ALLOWED_GLOBALS
+    kind = "StyleGAN2 network pickles"
 
     def __init__(self, file: BinaryIO, source: str = "<pickle>") -> None:
         super().__init__(file)
@@ -163,14 +167,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         # Python 2 spellings (protocol < 3 pickles), e.g. '__builtin__' -> 'builtins'.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        key = (module, name)
+        if key in self.allowed:
+            return self.allowed[key]
         if module.startswith("dnnlib.tflib"):
             _tensorflow(module, name)
-        key = (module, name)
-        if key in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[key]
         raise UnsafePickleError(
             f"{self.source}: refused to load: the pickle asks for the global '{module}.{name}', which is not on the "
-            f"allow-list for StyleGAN2 network pickles. Nothing from the file was executed. If this is a genuine "
+            f"allow-list for {self.kind}. Nothing from the file was executed. If this is a genuine "
             f"checkpoint of a supported kind, please report it; otherwise do not load this file.")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -178,16 +182,44 @@ class RestrictedUnpickler(pickle.Unpickler):
                                 f"({type(pid).__name__}); nothing from the file was executed")
 
 
-def safe_load_pickle(path: Path | str) -> Any:
-    """Unpickle `path` with the restricted unpickler; errors name the file."""
+def safe_load_pickle(path: Path | str, unpickler: type[RestrictedUnpickler] = RestrictedUnpickler,
+                     expected: str = "an NVIDIA StyleGAN2 network pickle") -> Any:
+    """Unpickle `path` with a restricted unpickler; errors name the file."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            return RestrictedUnpickler(fh, source=str(path)).load()
+            return unpickler(fh, source=str(path)).load()
     except CheckpointError as e:
         msg = str(e)
         raise type(e)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RuntimeError, MemoryError, OverflowError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: the pickle is truncated or corrupt ({type(e).__name__}: {e}); expected an "
-                              f"NVIDIA StyleGAN2 network pickle. Re-download or re-export the file.") from None
+        raise CheckpointError(f"{path}: the pickle is truncated or corrupt ({type(e).__name__}: {e}); expected "
+                              f"{expected}. Re-download or re-export the file.") from None
+
+
+_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+               "SHORT_BINSTRING")
+
+
+def first_global(path: Path | str, max_ops: int = 256) -> Optional[tuple[str, str]]:
+    """The first global a pickle names, read from its opcodes without unpickling anything; None when there is
+    none early in the file or the opcodes cannot be read (the loader then reports what is wrong)."""
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for i, (op, arg, _pos) in enumerate(pickletools.genops(fh)):
+                if i >= max_ops:
+                    return None
+                if op.name == "GLOBAL" and isinstance(arg, str):
+                    module, _, name = arg.partition(" ")
+                    return module, name
+                if op.name == "STACK_GLOBAL":
+                    return (strings[-2], strings[-1]) if len(strings) >= 2 else None
+                if op.name in _STRING_OPS and isinstance(arg, str):
+                    strings.append(arg)
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    return None  # a memoised name: not worth following here
+    except (ValueError, EOFError, OSError, UnicodeDecodeError):
+        return None
+    return None

@@ -136,15 +136,22 @@ def command(target_input: str, vs: tuple[str, ...], metrics: Optional[str], ref:
     from ipl.core.atomic import check_writable
 
     check_writable(Path(out) if out else default_out(inputs), "--out")  # before anything is sampled
+    before = os.environ.get("IPL_OFFLINE")
     if offline:
-        os.environ["IPL_OFFLINE"] = "1"  # also keeps the CLIP loader from downloading
-    settings = EvalSettings(inputs=inputs, metrics=parse_metrics(metrics), ref=ref, n=n, batch=batch, device=device,
-                            seed=seed, truncation=truncation, target=target_text, clip=clip_spec, centres=centres,
-                            lpips_net=lpips_net, lpips_n=lpips_n, lpips_size=lpips_size, lpips_weights=lpips_weights,
-                            inception_weights=inception_weights, kid_subset_size=kid_subset_size,
-                            allow_random_weights=allow_random_weights, download=not offline,
-                            with_source=with_source, progress=not quiet)
-    result = evaluate(settings)
+        os.environ["IPL_OFFLINE"] = "1"  # also keeps the CLIP loader from downloading (restored below)
+    try:
+        settings = EvalSettings(inputs=inputs, metrics=parse_metrics(metrics), ref=ref, n=n, batch=batch,
+                                device=device, seed=seed, truncation=truncation, target=target_text, clip=clip_spec,
+                                centres=centres, lpips_net=lpips_net, lpips_n=lpips_n, lpips_size=lpips_size,
+                                lpips_weights=lpips_weights, inception_weights=inception_weights,
+                                kid_subset_size=kid_subset_size, allow_random_weights=allow_random_weights,
+                                download=not offline, with_source=with_source, progress=not quiet)
+        result = evaluate(settings)
+    finally:  # the process may go on (the Python API, tests): leave the environment as it was
+        if before is None:
+            os.environ.pop("IPL_OFFLINE", None)
+        else:
+            os.environ["IPL_OFFLINE"] = before
     path = Path(out) if out else default_out(inputs)
     write_json(path, result.to_dict())
     click.echo(format_table(result))
