@@ -12,11 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ipl import generators
-from ipl.generators.stylegan2.network import Generator
 from ipl.commands.cli import cli
 from ipl.download import sha256_file
 from ipl.core.errors import IPLError
-from tiny_clip import write_tiny_clip_files
+from tiny_world import tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,12 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny random 16 px StyleGAN2 in our format and a tiny random CLIP config (random weights)."""
-    root = tmp_path_factory.mktemp("world")
-    torch.manual_seed(0)
-    G = Generator(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8})
-    gen_path = generators.save(G, root / "tiny_sg2.safetensors")
-    cfg_path, _ = write_tiny_clip_files(root / "clip")
-    return {"root": root, "gen": Path(gen_path), "clip": f"{cfg_path}:none"}
+    world = tiny_world(tmp_path_factory.mktemp("world"))
+    return {**world, "gen": Path(world["gen"])}
 
 
 def base_args(world, out, **over):

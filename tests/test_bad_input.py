@@ -8,27 +8,17 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from ipl import generators
-from ipl.commands.cli import main
-from ipl.generators.stylegan2.network import Generator
-from tiny_clip import write_tiny_clip_files
+from tiny_world import run_main, tiny_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny random 16 px StyleGAN2 and a tiny random CLIP (77-token text context)."""
-    root = tmp_path_factory.mktemp("bad_input")
-    torch.manual_seed(0)
-    G = Generator(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8})
-    gen = generators.save(G, root / "tiny_sg2.safetensors")
-    cfg_path, _ = write_tiny_clip_files(root / "clip")
-    return {"root": root, "gen": str(gen), "clip": f"{cfg_path}:none"}
+    return tiny_world(tmp_path_factory.mktemp("bad_input"))
 
 
 def adapt_args(world, out, *extra, **over):
@@ -42,17 +32,6 @@ def adapt_args(world, out, *extra, **over):
         if v is not None:
             flat += [k, v]
     return flat + ["--quiet", *extra]
-
-
-def run_main(monkeypatch, capsys, args):
-    """(exit status, stderr) of `ipl ARGS` through the console entry point."""
-    monkeypatch.setattr(sys, "argv", ["ipl", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def assert_one_error(code, err, *needles):

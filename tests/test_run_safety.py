@@ -16,24 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ipl import generators
-from ipl.commands.cli import main
-from ipl.generators.stylegan2.network import Generator
 from ipl.method.stage2 import Stage2Trainer
 from ipl.runlock import LOCK, RunInUseError, RunLock, holder
-from tiny_clip import write_tiny_clip_files
+from tiny_world import run_main, tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    torch.manual_seed(1)
-    G = Generator(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8})
-    gen = generators.save(G, root / "g.safetensors")
-    cfg, _ = write_tiny_clip_files(root / "clip", seed=1)
-    return {"root": root, "gen": str(gen), "clip": f"{cfg}:none"}
+    return tiny_world(tmp_path_factory.mktemp("safety"), seed=1, clip_seed=1, name="g.safetensors")
 
 
 def _args(world, out, *extra):
@@ -41,16 +33,6 @@ def _args(world, out, *extra):
             "--clip", world["clip"], "--iters-prompt", "2", "--batch-prompt", "4", "--iters", "4", "--layers", "2",
             "--layer-batch", "2", "--sample-n", "2", "--sample-every", "2", "--checkpoint-every", "2",
             "--seed", "7", "--device", "cpu", "--out", str(out), "--quiet", *extra]
-
-
-def run_main(monkeypatch, capsys, args):
-    monkeypatch.setattr(sys, "argv", ["ipl", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def _errors(err):

@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import torch
 from ipl import generators
 from ipl.core.errors import CheckpointError, UnsafePickleError
 from ipl.generators.stylegan2.network import Generator
-from tiny_clip import write_tiny_clip_files
+from tiny_world import run_main, tiny_world
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights", "ignore:.*pickle protocol",
                                         "ignore:TypedStorage is deprecated")
@@ -50,26 +49,13 @@ def _write_pickle(path: Path, obj, protocol: int = 2) -> Path:
 
 def _ipl(monkeypatch, capsys, *args) -> tuple[int, str]:
     """Run the real console entry point (user errors -> exit 2); returns (status, stderr)."""
-    from ipl.commands.cli import main
-
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["ipl", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    return run_main(monkeypatch, capsys, args)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("safe_reads")
-    torch.manual_seed(1)
-    G = Generator(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8})
-    gen = generators.save(G, root / "g.safetensors")
-    cfg, _ = write_tiny_clip_files(root / "clip", seed=1)
-    world = {"gen": str(gen), "clip": f"{cfg}:none", "root": root}
+    world = tiny_world(root, seed=1, clip_seed=1, name="g.safetensors")
     from click.testing import CliRunner
 
     from ipl.commands.cli import cli
