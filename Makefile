@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Each creates .venv on first use (torch and the rest from the package registry).
+# Each creates .venv on first use (torch and the rest from the package registry; the ui extra, gradio, for the
+# tests of `ipl ui`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/ipl: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ui]'
 	touch $(BIN)/ipl
 
 env: $(BIN)/ipl

@@ -11,6 +11,10 @@ Environment:
 - IPL_CUDA_OPS=ref|auto|cuda  force the reference path everywhere / default / require the CUDA path.
 - IPL_CUDA_OPS_CACHE=DIR      cache root (default: $XDG_CACHE_HOME/ipl/cuda_ops or ~/.cache/ipl/cuda_ops).
 - IPL_CUDA_OPS_REBUILD=1      ignore a recorded failure (or a finished build) and build again.
+
+Before `auto` trusts a build on a GPU, each op is checked once against the reference there (ipl.cuda_ops.verify:
+forward and backward, float32/float16/bfloat16); the outcome is recorded next to the build (`verified.json`, or
+`mismatch.json` with the reason, after which the reference runs, with one warning).
 """
 from __future__ import annotations
 
@@ -389,9 +393,49 @@ def get_plugin(device: Optional[torch.device] = None) -> BuildResult:
             if arch is None:
                 res = BuildResult(False, "no CUDA GPU is visible", cache_dir=str(cache_root()))
             else:
-                res = build(with_cuda=True, arch=arch)
+                res = trusted(build(with_cuda=True, arch=arch), device)
             _RESULTS[str(arch)] = res
         return res
+
+
+def trusted(res: BuildResult, device: Optional[torch.device] = None) -> BuildResult:
+    """`res` if its kernels match the reference on `device` (checked once per build, the outcome recorded in its
+    cache folder); otherwise an unavailable result whose reason names the mismatch."""
+    if not res.available or res.module is None or res.cache_dir is None:
+        return res
+    folder = Path(res.cache_dir)
+    verified, mismatch = folder / "verified.json", folder / "mismatch.json"
+    rebuild = os.environ.get("IPL_CUDA_OPS_REBUILD", "") not in ("", "0")
+    reason = None
+    if mismatch.is_file() and not rebuild:
+        try:
+            reason = json.loads(mismatch.read_text()).get("reason") or "an earlier check failed"
+        except (OSError, ValueError):
+            reason = "an earlier check failed (unreadable record)"
+    elif not verified.is_file() or rebuild:
+        from ipl.cuda_ops.verify import verify_kernels
+
+        dev = device if device is not None else torch.device("cuda")
+        start = time.perf_counter()
+        try:
+            reason = verify_kernels(res.module, dev)
+        except Exception as exc:  # a kernel that crashes is as untrustworthy as a wrong one
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        record = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "arch": res.arch,
+                  "device": str(dev), "seconds": round(time.perf_counter() - start, 3), "torch": torch.__version__}
+        with contextlib.suppress(OSError):
+            if reason is None:
+                mismatch.unlink(missing_ok=True)
+                _write_json(verified, record)
+            else:
+                verified.unlink(missing_ok=True)
+                _write_json(mismatch, {"reason": reason, **record})
+    if reason is None:
+        return res
+    return BuildResult(False, f"the CUDA ops disagree with the reference on this GPU ({reason}; recorded in "
+                       f"{mismatch}; IPL_CUDA_OPS_REBUILD=1 checks again)", cache_dir=res.cache_dir,
+                       log_path=res.log_path, key=res.key, arch=res.arch, with_cuda=res.with_cuda,
+                       cached=res.cached, seconds=res.seconds)
 
 
 def _is_compiling() -> bool:

@@ -30,6 +30,7 @@ from ipl.core.config import AdaptConfig, parse_layers, slugify
 from ipl.core.errors import CheckpointError, IPLError, WriteError
 from ipl.core.interface import AdaptableGenerator
 from ipl.core.family import GeneratorFamily
+from ipl.distributed import broadcast_object, held_signals, is_main, parallel_record, share_learners, share_trainer
 from ipl.registry import SourceEntry, family_of, get_source, is_registry_name, source_for_file
 from ipl.runlock import LOCK, RunLock, check_free
 
@@ -40,10 +41,10 @@ CHECKPOINT_FORMAT = "ipl-run-checkpoint-1"   # torch.save of tensors and plain c
 GENERATOR = "generator.safetensors"
 RUN_FILES = (CONFIG, LOG, CHECKPOINT, GENERATOR, "samples", "prompts")
 # Settings that may differ on --resume without changing the result.
-RESUME_FREE = {"out", "device", "sample_every", "checkpoint_every", "filled_by"}
+RESUME_FREE = {"out", "device", "sample_every", "checkpoint_every", "filled_by", "compile", "data_parallel"}
 # Settings added since: what a run saved without them did (it is resumed only with that value).
 # (layer_map: the row -> layer map before --layer-map was ours, i.e. semantic, without the empty-row fix.)
-SAVED_BEFORE = {"noise": "fixed", "layer_map": "semantic"}
+SAVED_BEFORE = {"noise": "fixed", "layer_map": "semantic", "probe": "reference"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -237,6 +238,8 @@ def run_adapt(cfg: AdaptConfig, resume: bool = False, force: bool = False, progr
     or unwritable disk is an IPLError naming the file (WriteError); the KeyboardInterrupt is re-raised.
     """
     facts = prepared or prepare(cfg, resume=resume, force=force, progress=progress)
+    if cfg.data_parallel and not is_main():  # data-parallel: rank 0 writes the run folder, the others only train
+        return _follow_run(cfg, facts, resources or Resources())
     out: Path = facts["out"]
     state: dict[str, Any] = {"lock": None, "config_written": False}
     try:
@@ -331,6 +334,7 @@ def _run_adapt(cfg: AdaptConfig, facts: dict[str, Any], progress: bool, res: Res
             "target_text": cfg.target_text, "layers": layers if layers is not None else "all",
             "num_layers": source.num_layers(), "truncation": truncation, "resolution": source.resolution,
             "code_dim": source.code_dim,
+            **parallel_record(cfg.data_parallel, cfg.batch, cfg.batch_prompt),
         },
         "versions": versions(),
         "command": " ".join(sys.argv),
@@ -347,6 +351,9 @@ def _run_adapt(cfg: AdaptConfig, facts: dict[str, Any], progress: bool, res: Res
         log.path.unlink(missing_ok=True)  # everything is redone (stage 1 is deterministic for the seed)
     else:  # keep stage 1 and the stage-2 records up to the checkpoint; later ones are redone
         log.truncate_to(resumed_state["trainer"]["iteration"] if resumed_state else 0)
+    if cfg.method == "ipl" and cfg.data_parallel:  # tell the other ranks whether stage 1 runs (they join it)
+        broadcast_object(learners is None and not (
+            cfg.lambda_l == 0 and _stage1_key(cfg, facts, source_text, truncation) in res.learners))
     if cfg.method == "ipl" and learners is None:
         key = _stage1_key(cfg, facts, source_text, truncation)
         if cfg.lambda_l == 0 and key in res.learners:
@@ -356,6 +363,8 @@ def _run_adapt(cfg: AdaptConfig, facts: dict[str, Any], progress: bool, res: Res
             if cfg.lambda_l == 0:
                 res.learners[key] = learners
         save_learners(out, learners, clips, cfg)
+    if cfg.method == "ipl" and cfg.data_parallel:
+        learners = share_learners(learners, clips)
 
     # Stage 2.
     settings = Stage2Settings.from_config(cfg, layers=layers, truncation=truncation)
@@ -369,6 +378,8 @@ def _run_adapt(cfg: AdaptConfig, facts: dict[str, Any], progress: bool, res: Res
                                   f"{str(e).splitlines()[0] if str(e) else ''}); it may have been tampered with "
                                   f"or come from another run. Delete it to redo stage 2 from the start with "
                                   f"--resume, or start a new run.") from None
+    if cfg.data_parallel:
+        share_trainer(trainer, resumed=resumed_state is not None)
 
     fixed = sample_latents_fixed(source, cfg, truncation, device)
     torch_save(fixed.cpu(), out / "samples" / "latents.pt")
@@ -429,7 +440,7 @@ def run_stage1(cfg: AdaptConfig, source: AdaptableGenerator, clips: list, source
         result = train_prompts(source, clips, source_text, cfg.target_text, iters=cfg.iters_prompt,
                                batch=cfg.batch_prompt, lr=cfg.lr_prompt, n_ctx=cfg.n_ctx, lambda_l=cfg.lambda_l,
                                lambda_src=cfg.lambda_src, truncation=truncation, seed=cfg.seed,
-                               progress=progress, noise=cfg.noise)
+                               progress=progress, noise=cfg.noise, data_parallel=cfg.data_parallel)
     elapsed = time.perf_counter() - t0
     from ipl.method.stage2 import memory_mb
 
@@ -442,6 +453,48 @@ def run_stage1(cfg: AdaptConfig, source: AdaptableGenerator, clips: list, source
         entry.setdefault("mem_mb", mem)
         log.write(entry)
     return list(result.learners)
+
+
+class _NoLog(JsonlLog):
+    """The log of a data-parallel rank other than 0: rank 0 writes the run's log."""
+
+    def __init__(self) -> None:
+        super().__init__(Path(os.devnull))
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def _follow_run(cfg: AdaptConfig, facts: dict[str, Any], res: Resources) -> Path:
+    """Data-parallel, a rank other than 0: the same stage-1 and stage-2 steps as rank 0 (_run_adapt), on this
+    rank's slices of the batches; writes nothing (rank 0 owns the folder, its lock, log, samples, checkpoints)."""
+    from ipl.method.stage2 import Stage2Settings, Stage2Trainer, autocast_factory
+
+    device: torch.device = facts["device"]
+    torch.manual_seed(cfg.seed)
+    source = res.generator(facts["source_path"], device, facts["family"])
+    entry: SourceEntry = facts["entry"] or source_for_file(str(facts["source_path"]), source.resolution)
+    clips = res.clip_models(cfg.clip, device)
+    source.configure(cfg.diffusion)
+    source.set_code_encoder(clips[0])
+    source_text = cfg.source_text if cfg.source_text is not None else entry.source_text
+    layers = parse_layers(cfg.layers) if cfg.layers is not None else entry.layers
+    if layers is not None:
+        layers = min(layers, source.num_layers()) if source.num_layers() else None
+    truncation = cfg.truncation if cfg.truncation is not None else entry.truncation
+    learners = None
+    if cfg.method == "ipl":
+        if broadcast_object(None):  # rank 0 runs stage 1 (nothing saved to resume from): join it
+            autocast = autocast_factory(device, cfg.precision)
+            learners = run_stage1(cfg, source, clips, source_text, truncation, autocast, _NoLog(), False)
+        learners = share_learners(learners, clips)
+    settings = Stage2Settings.from_config(cfg, layers=layers, truncation=truncation)
+    trainer_cls = source.stage2_trainer or Stage2Trainer
+    trainer = trainer_cls(source, clips, source_text, cfg.target_text, learners, settings)
+    share_trainer(trainer, resumed=False)
+    while trainer.iteration < cfg.iters:
+        trainer.step()
+    return facts["out"]
 
 
 def _stage1_key(cfg: AdaptConfig, facts: dict, source_text: str, truncation: float) -> tuple:
@@ -619,6 +672,13 @@ def _set_status(out: Path, status: str, message: Optional[str] = None) -> None:
 
 
 def _stop(out: Path, cfg: AdaptConfig, status: str, message: str) -> str:
+    """_stop_now with SIGTERM/SIGINT held: when a process of a torchrun job dies, the agent's SIGTERM often
+    reaches the others while they handle the failed collective; the status is written first, then it arrives."""
+    with held_signals():
+        return _stop_now(out, cfg, status, message)
+
+
+def _stop_now(out: Path, cfg: AdaptConfig, status: str, message: str) -> str:
     """Record a stopped run in config.json (unless a handler closer to the cause already did) and say what is
     kept and how to continue; never raises (on a full disk config.json itself may not be writable)."""
     if (out / CHECKPOINT).is_file():

@@ -4,6 +4,8 @@ Candidates (same random config-f weights, same W+ batch):
   fused      our default: one grouped conv per layer with per-sample modulated weights
   nonfused   activations scaled by the styles around one shared conv, then demodulated
   per_sample the plain formulation: one sample at a time (batch 1 each), concatenated
+  outofplace fused, with the noise map and the ToRGB skip added out of place (the formulation before the in-place
+             adds; network.INPLACE_ADDS = False): not a default candidate, ask for it with --candidates
 Ratios are fused / other, measured in the same process on the same device.
 
 Usage: python scripts/benchmark.py generator [--resolutions 256,1024 (CPU default: 256)] [--batch N] [--iters N] [--warmup N]
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,27 +50,41 @@ def run_resolution(res: int, args, device: torch.device) -> dict:
     ws = G.mapping(torch.randn(args.batch, 512, device=device)).detach()
 
     def synth(mode: str) -> torch.Tensor:
+        from ipl.generators.stylegan2 import network
+
         G.set_fused_modconv(mode != "nonfused")
         if mode == "per_sample":
             return torch.cat([G.synthesis(ws[i: i + 1]) for i in range(ws.shape[0])])
-        return G.synthesis(ws)
+        network.INPLACE_ADDS = mode != "outofplace"
+        try:
+            return G.synthesis(ws)
+        finally:
+            network.INPLACE_ADDS = True
 
     out: dict = {"num_params_synthesis": sum(p.numel() for p in G.synthesis.parameters())}
-    for mode in args.candidates:
-        def fwd() -> None:
-            with torch.no_grad():
-                synth(mode)
+    # --rounds N: the candidates take turns N times (A B A B ...) and each reports its median, so a machine whose
+    # load drifts during the run does not favour whichever candidate ran first.
+    times: dict = {mode: {"fwd": [], "fwd_bwd": []} for mode in args.candidates}
+    for _ in range(args.rounds):
+        for mode in args.candidates:
+            def fwd() -> None:
+                with torch.no_grad():
+                    synth(mode)
 
-        def fwd_bwd() -> None:
-            G.zero_grad(set_to_none=True)
-            synth(mode).square().mean().backward()
+            def fwd_bwd() -> None:
+                G.zero_grad(set_to_none=True)
+                synth(mode).square().mean().backward()
 
-        t, mem = _time(fwd, device, args.warmup, args.iters)
-        entry = {"forward_img_per_s": args.batch / t, "forward_peak_mb": mem}
-        if not args.no_backward:
-            t, mem = _time(fwd_bwd, device, args.warmup, args.iters)
-            entry.update({"fwd_bwd_img_per_s": args.batch / t, "fwd_bwd_peak_mb": mem})
-        out[mode] = entry
+            t, mem = _time(fwd, device, args.warmup, args.iters)
+            times[mode]["fwd"].append(t)
+            entry = out.setdefault(mode, {})
+            entry["forward_img_per_s"] = args.batch / statistics.median(times[mode]["fwd"])
+            entry["forward_peak_mb"] = max(entry.get("forward_peak_mb", 0), mem)
+            if not args.no_backward:
+                t, mem = _time(fwd_bwd, device, args.warmup, args.iters)
+                times[mode]["fwd_bwd"].append(t)
+                entry["fwd_bwd_img_per_s"] = args.batch / statistics.median(times[mode]["fwd_bwd"])
+                entry["fwd_bwd_peak_mb"] = max(entry.get("fwd_bwd_peak_mb", 0), mem)
     G.set_fused_modconv(True)
     if "fused" in args.candidates:
         ratios = {}
@@ -94,6 +111,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--no-backward", action="store_true", help="forward only")
     parser.add_argument("--candidates", default="fused,nonfused,per_sample")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--rounds", type=int, default=1, help="candidates take turns this many times (medians)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"

@@ -1,4 +1,4 @@
-"""Benchmarks, printed as JSON: `python scripts/benchmark.py {generator,ops,stage1,adapt,diffusion,eval} [options]`.
+"""Benchmarks, printed as JSON: `python scripts/benchmark.py {generator,ops,stage1,adapt,diffusion,eval,probe,scale} [options]`.
 
 Each suite lives in scripts/bench_<suite>.py with a `main(argv) -> dict` and measures its
 candidates side by side in one run, so the ratios it prints are comparable.
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-SUITES = ("generator", "ops", "stage1", "adapt", "diffusion", "eval")
+SUITES = ("generator", "ops", "stage1", "adapt", "diffusion", "eval", "probe", "scale")
 
 
 def main(argv: list[str]) -> int:

@@ -23,8 +23,9 @@ LAYERS = [
     ["ipl/method"],
     ["generators/*"],    # the families: stylegan2, diffusion, toy
     ["generators"],      # generators/__init__.py: the family table, may import the families
-    ["ipl"],             # run.py, registry.py, download.py, __init__.py
+    ["ipl"],             # run.py, registry.py, download.py, inversion.py, distributed.py, __init__.py
     ["ipl/metrics"],
+    ["ipl/ui"],          # the web page: calls the product and the metrics, never the CLI modules
     ["ipl/commands"],
 ]
 PRODUCT = ("ipl", "generators", "cuda_ops")   # top folders of what is installed (as ipl, ipl.generators, ipl.cuda_ops)

@@ -51,7 +51,7 @@ def _args(world, out, *extra):
 def captured(monkeypatch):
     """The AdaptConfigs `ipl adapt` would run (prepare and run_adapt replaced: nothing is loaded or written)."""
     seen = []
-    monkeypatch.setattr(ipl.run, "prepare", lambda cfg, **kw: {"out": Path(cfg.out or "unused")})
+    monkeypatch.setattr(ipl.run, "prepare", lambda cfg, **kw: {"out": Path(cfg.out or "unused"), "source_sha256": "0" * 64})
     monkeypatch.setattr(ipl.run, "run_adapt", lambda cfg, **kw: seen.append(cfg) or Path("unused"))
     return seen
 

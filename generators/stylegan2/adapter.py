@@ -147,6 +147,27 @@ class StyleGAN2Adapter(AdaptableGenerator):
 
         export_rosinality(self.G, path, metadata)
 
+    can_project = True
+    # `ipl invert` defaults: NVIDIA's projector runs 1000 steps on a VGG16 perceptual distance (LPIPS here).
+    projection_defaults = {"steps": 1000, "loss": "lpips"}
+
+    def project(self, images: torch.Tensor, distance: Any, space: str = "w+", steps: Optional[int] = None,
+                seed: int = 0, progress: bool = True) -> torch.Tensor:
+        """W+ latents [N, num_ws, w_dim] for real images, by the projector of generators/stylegan2/invert.py."""
+        from ipl.generators.stylegan2.invert import STEPS, project
+
+        return project(self.G, images, distance, space=space, steps=STEPS if steps is None else steps, seed=seed,
+                       progress=progress)
+
+    def pivotal_tune(self, latents: torch.Tensor, images: torch.Tensor, distance: Any, steps: int,
+                     progress: bool = True) -> "StyleGAN2Adapter":
+        """A copy whose whole network is fine-tuned around the pivots `latents` (PTI)."""
+        from ipl.generators.stylegan2.invert import pivotal_tune
+
+        tuned = self.copy()
+        pivotal_tune(tuned.G, latents, images, distance, steps, progress=progress)
+        return tuned
+
     def noise_parameters(self) -> list[nn.Parameter]:
         """The per-layer noise strengths (one scalar per synthesis convolution); stage 2 may keep them frozen."""
         return [p for name, p in self.G.synthesis.named_parameters() if name.endswith("noise_strength")]

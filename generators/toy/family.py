@@ -33,6 +33,11 @@ TOY = SourceEntry(
                   "length_ratio": 0.6909, "freeze_noise": True, "augment_views": 4, "noise": "fixed"},
 )
 
+# `ipl invert` / `ipl edit` defaults for the toy source (a flag given wins). The toy world is offline, so the
+# distance is MSE (LPIPS needs torchvision's ImageNet backbone); 200 steps (NVIDIA: 1000) for the CPU: ~4 s per
+# 64 px image on one core. Chosen for cost, not on the judge's numbers (docs/invert.md).
+PROJECTION_DEFAULTS = {"loss": "mse", "steps": 200}
+
 
 class ToyFamily(GeneratorFamily):
     """The shipped toy StyleGAN2 (an ipl-format StyleGAN2 file read by the StyleGAN2 family's loader)."""
@@ -47,7 +52,9 @@ class ToyFamily(GeneratorFamily):
         return path.is_file() and GENERATOR_PATH.is_file() and path.resolve() == GENERATOR_PATH.resolve()
 
     def load(self, path: Path, device: Union[str, torch.device] = "cpu") -> AdaptableGenerator:
-        return StyleGAN2Family().load(path, device=device)
+        generator = StyleGAN2Family().load(path, device=device)
+        generator.projection_defaults = dict(PROJECTION_DEFAULTS)
+        return generator
 
     def run_defaults(self, path: Path) -> dict[str, Any]:
         return dict(TOY.run_defaults)

@@ -7,13 +7,13 @@ from typing import Optional
 
 import click
 
-from ipl.core.config import LAYER_MAPS, AdaptConfig, layered_defaults, slugify
+from ipl.core.config import LAYER_MAPS, PROBES, AdaptConfig, layered_defaults, slugify
 from ipl.core.errors import IPLError
 
 _D = AdaptConfig()  # defaults shown in --help come from the dataclass
 # The AdaptConfig field each option sets, where the names differ (for the provenance of settings, filled_by).
 _FIELD_OF = {"clips": "clip", "targets": "target_text", "target_file": "target_text", "diffusion_opts": "diffusion",
-             "source_images": "diffusion"}
+             "source_images": "diffusion", "compile_": "compile"}
 
 
 def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[str]:
@@ -94,6 +94,13 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
               help="What unfreezing W+ row i trains: reference = the NADA/IPL trainers' map (row 0 -> conv1, row 1 "
               "-> to_rgb1, row i >= 2 -> convs[i-2], rosinality names); semantic = the convolutions row i modulates "
               "(ToRGB never trained).")
+@click.option("--probe", type=click.Choice(list(PROBES)), default=_D.probe,
+              help="How the layers to train are picked: reference = NADA's W+ probe (a forward and backward of "
+              "--layer-batch latents through G_t and CLIP); grad = rank the W+ rows by the gradient stage 2's own "
+              "backward computes (no extra pass; docs/adapt.md).")
+@click.option("--compile/--no-compile", "compile_", default=_D.compile,
+              help="torch.compile the stage-2 renders and the CLIP image encoders (needs a C++ compiler on CPU; "
+              "falls back to eager with one warning where compiling fails).")
 @click.option("--augment", "augment_views", type=int, default=_D.augment_views,
               help="Paired random crops/flips per image fed to CLIP in stage 2 (0 = none, as NADA/IPL).")
 @click.option("--length-weight", type=float, default=_D.length_weight,
@@ -128,14 +135,17 @@ def _read_targets(targets: tuple[str, ...], target_file: Optional[str]) -> list[
 @click.option("--sample-n", type=int, default=_D.sample_n, help="Images per row of the sample grids.")
 @click.option("--checkpoint-every", type=int, default=_D.checkpoint_every,
               help="Write the resumable checkpoint every N stage-2 iterations.")
+@click.option("--data-parallel", is_flag=True,
+              help="Under torchrun: each run uses every process, its --batch and --batch-prompt split evenly over "
+              "them (without it, several --target runs are spread over the processes; docs/distributed.md).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(source, source_text, targets, target_file, method, clips, iters_prompt, batch_prompt, lr_prompt,
             n_ctx, lambda_l, lambda_src, iters, batch, lr, ema_decay, layers, layer_batch, layer_every, layer_map,
-            augment_views,
+            probe, compile_, augment_views,
             length_weight, length_ratio, freeze_noise, noise, truncation, diffusion_opts, source_images, out,
-            device, precision, seed, sample_every, sample_n, checkpoint_every, resume, force, quiet):
+            device, precision, seed, sample_every, sample_n, checkpoint_every, data_parallel, resume, force, quiet):
     """Adapt SOURCE to each --target with IPL (or NADA); writes a run folder per target."""
     from ipl import generators
     from ipl.registry import get_source, is_registry_name, run_defaults_for
@@ -191,30 +201,66 @@ def command(source, source_text, targets, target_file, method, clips, iters_prom
                           iters_prompt=iters_prompt, batch_prompt=batch_prompt, lr_prompt=lr_prompt, n_ctx=n_ctx,
                           lambda_l=lambda_l, lambda_src=lambda_src, iters=iters, batch=batch, lr=lr,
                           ema_decay=ema_decay, layers=layers, layer_batch=layer_batch, layer_every=layer_every,
-                          layer_map=layer_map,
+                          layer_map=layer_map, probe=probe, compile=compile_,
                           augment_views=augment_views, length_weight=length_weight,
                           length_ratio=length_ratio, freeze_noise=freeze_noise, noise=noise, truncation=truncation,
                           diffusion=diffusion,
                           out=run_out, device=device, precision=precision, seed=seed, sample_every=sample_every,
-                          sample_n=sample_n, checkpoint_every=checkpoint_every)
+                          sample_n=sample_n, checkpoint_every=checkpoint_every, data_parallel=data_parallel)
         cfg = dataclasses.replace(cfg, **defaults, filled_by=dict(filled_by))
         configs.append(cfg.validate())
 
+    from ipl import distributed as dist
+
+    # Under torchrun (docs/distributed.md): join the job, check every process was given the same runs, take this
+    # process's GPU. --data-parallel: each run on all processes; otherwise the runs are spread over them.
+    launch = dist.init_from_env(device)
+    dist.check_same({"runs": [c.to_dict() for c in configs], "resume": resume, "force": force}, "adapt settings")
+    if launch is not None and data_parallel:
+        for cfg in configs:
+            dist.split_batch(cfg.batch)
+            if cfg.method == "ipl":
+                dist.split_batch(cfg.batch_prompt, "--batch-prompt")
+    configs = [dataclasses.replace(c, device=dist.local_device(c.device)) for c in configs]
+    spread = launch is not None and not data_parallel
+
     # Check every run before starting any (nothing is written when one of them is bad).
-    prepared = [prepare(cfg, resume=resume, force=force, progress=not quiet) for cfg in configs]
+    with dist.main_first():  # rank 0 first: it may download the source into a cache the others share
+        prepared = [prepare(cfg, resume=resume, force=force, progress=not quiet) for cfg in configs]
+    dist.check_same([p["source_sha256"] for p in prepared], "source checkpoints (SHA-256)")  # same file on every node
     outs = [p["out"].resolve() for p in prepared]
     if len(set(outs)) != len(outs):
         raise IPLError("two targets map to the same run folder; give them distinct texts")
     resources = Resources()
-    for cfg, facts in zip(configs, prepared):
-        click.echo(f"adapting {cfg.source} -> {cfg.target_text!r} ({cfg.method}) into {facts['out']}", err=True)
+    for i, (cfg, facts) in enumerate(zip(configs, prepared)):
+        if spread and not dist.shard_of(i):
+            continue  # another process's run
+        follower = launch is not None and data_parallel and not dist.is_main()  # rank 0 speaks for the run
+        if not follower:
+            where = f" (rank {launch.rank} of {launch.world_size})" if launch is not None else ""
+            click.echo(f"adapting {cfg.source} -> {cfg.target_text!r} ({cfg.method}) into {facts['out']}{where}",
+                       err=True)
         try:
             run_dir = run_adapt(cfg, resume=resume, force=force, progress=not quiet, resources=resources,
                                 prepared=facts)
-        except KeyboardInterrupt:  # cli.main exits 130; say where the run stands first
-            click.echo(f"\nInterrupted: {_stopped_message(facts['out'])}", err=True)
+        except KeyboardInterrupt:  # cli.main exits 130; say where the run stands first (rank 0 owns the run)
+            if not follower:
+                click.echo(f"\nInterrupted: {_stopped_message(facts['out'])}", err=True)
             raise
-        click.echo(str(run_dir))
+        except RuntimeError as e:  # under torchrun: a collective failed because another process stopped
+            if launch is None or not dist.lost_peer(e):
+                raise
+            where = (f"({str(e).splitlines()[0][:200]})" if follower
+                     else _stopped_message(facts["out"]))  # rank 0's says what config.json recorded
+            raise IPLError(f"rank {launch.rank}: another process of this torchrun job stopped during the run; "
+                           f"torchrun's report names it (Root Cause). {where}") from None
+        if launch is None:
+            click.echo(str(run_dir))
+    if launch is not None:  # the summary: rank 0, once every process has finished its runs
+        dist.barrier()
+        if dist.is_main():
+            for facts in prepared:
+                click.echo(str(facts["out"]))
 
 
 def _stopped_message(out: Path) -> str:

@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "eval": "evaluate",
     "models": "models",
     "export": "export",
+    "invert": "invert",
+    "edit": "edit",
+    "ui": "ui",
 }
 
 

@@ -1,6 +1,7 @@
 """`ipl eval`: FID / KID / IS, intra-cluster LPIPS, CLIP score (and the toy judge) for runs, checkpoints, folders."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -133,9 +134,13 @@ def command(target_input: str, vs: tuple[str, ...], metrics: Optional[str], ref:
             allow_random_weights: bool, out: Optional[str], quiet: bool) -> None:
     """Evaluate adapted generators: sample N images with fixed seeds (or read a folder), print a table, write JSON."""
     inputs = [target_input, *vs]
+    from ipl import distributed as dist
     from ipl.core.atomic import check_writable
 
-    check_writable(Path(out) if out else default_out(inputs), "--out")  # before anything is sampled
+    # Under torchrun (docs/distributed.md): the samples are sharded over the processes, rank 0 reports.
+    launch = dist.init_from_env(device)
+    if dist.is_main():
+        check_writable(Path(out) if out else default_out(inputs), "--out")  # before anything is sampled
     before = os.environ.get("IPL_OFFLINE")
     if offline:
         os.environ["IPL_OFFLINE"] = "1"  # also keeps the CLIP loader from downloading (restored below)
@@ -146,13 +151,20 @@ def command(target_input: str, vs: tuple[str, ...], metrics: Optional[str], ref:
                                 lpips_weights=lpips_weights, inception_weights=inception_weights,
                                 kid_subset_size=kid_subset_size, allow_random_weights=allow_random_weights,
                                 download=not offline, with_source=with_source, progress=not quiet)
+        dist.check_same({**dataclasses.asdict(settings), "out": out}, "eval settings")
+        if launch is not None:
+            settings = dataclasses.replace(settings, device=dist.local_device(device))
         result = evaluate(settings)
     finally:  # the process may go on (the Python API, tests): leave the environment as it was
         if before is None:
             os.environ.pop("IPL_OFFLINE", None)
         else:
             os.environ["IPL_OFFLINE"] = before
+    if not dist.is_main():
+        return
     path = Path(out) if out else default_out(inputs)
+    if launch is not None:
+        result.settings["processes"] = launch.world_size  # the numbers do not depend on it (docs/distributed.md)
     write_json(path, result.to_dict())
     click.echo(format_table(result))
     click.echo(f"\nwrote {path}")

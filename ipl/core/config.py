@@ -16,6 +16,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
 NOISE_MODES = ("random", "fixed")
 LAYER_MAPS = ("reference", "semantic")
+PROBES = ("reference", "grad")
 
 
 @dataclass
@@ -54,6 +55,10 @@ class AdaptConfig:
     # and IPL trainers' map (row 0 -> conv1, row 1 -> to_rgb1, row i >= 2 -> convs[i-2], rosinality names), "semantic"
     # the convolutions row i modulates (never a ToRGB; rows that modulate only a ToRGB are never picked).
     layer_map: str = "reference"
+    # How the layers are picked (docs/adapt.md, "The layer probe"): "reference" is NADA's W+ probe (layer_batch fresh
+    # latents, one forward + backward through G_t and CLIP); "grad" ranks the W+ rows by the gradient the training
+    # backward computes anyway (no extra pass; the first pick is the reference probe's).
+    probe: str = "reference"
     # Paired random crops/flips of source and adapted images fed to CLIP (0: none, as NADA and IPL).
     # DESIGN section 9: a defence against a weak CLIP being satisfied by washed-out images.
     augment_views: int = 0
@@ -72,6 +77,9 @@ class AdaptConfig:
     # grids and `ipl sample` always use the stored set. Generators without noise inputs ignore it.
     noise: str = "random"
     truncation: Optional[float] = None      # None: registry default (1.0 for training)
+    # torch.compile the stage-2 renders (G_s, G_t) and the CLIP image encoders (dynamic shapes off); where compiling
+    # fails, one warning and the eager path. Same maths, last-ulp differences: --resume may change it.
+    compile: bool = False
     diffusion: dict = field(default_factory=dict)  # diffusion sources only: DiffusionConfig overrides
                                             # (t0, inversion_steps, generation_steps, lean, source_images, ...)
 
@@ -83,6 +91,11 @@ class AdaptConfig:
     sample_every: int = 50                  # sample grid every N stage-2 iterations (0: start and end only)
     sample_n: int = 8                       # images per sample row (fixed seeds)
     checkpoint_every: int = 25              # resumable checkpoint every N stage-2 iterations
+    # One run on all torchrun processes (`ipl adapt --data-parallel`, docs/distributed.md): the stage-1 and stage-2
+    # batches (global sizes, as NVIDIA's trainers) are split evenly over the processes and gradients averaged;
+    # config.json's "resolved" records the per-process batch. The same result as one process (to float rounding),
+    # so --resume may change it.
+    data_parallel: bool = False
     # Where each setting set above these defaults came from: "flag", "source:NAME" (the source's run_defaults
     # and registry texts) or "recipe:METHOD" (METHOD_RECIPES); filled by `ipl adapt` (layered_defaults). A record
     # for config.json, not a hyperparameter: --resume does not compare it.
@@ -107,6 +120,10 @@ class AdaptConfig:
             raise IPLError(f"--noise {self.noise!r}: choose one of {', '.join(NOISE_MODES)}")
         if self.layer_map not in LAYER_MAPS:
             raise IPLError(f"--layer-map {self.layer_map!r}: choose one of {', '.join(LAYER_MAPS)}")
+        if self.probe not in PROBES:
+            raise IPLError(f"--probe {self.probe!r}: choose one of {', '.join(PROBES)}")
+        if not isinstance(self.compile, bool):
+            raise IPLError(f"compile must be true or false, got {self.compile!r}")
         # Every number: finite and in range (LIMITS, FLOAT_RANGES; docs/adapt.md "Safety"), before anything is
         # written. Stage-1 settings only matter (and are only checked) for IPL.
         stage1 = ("iters_prompt", "batch_prompt", "n_ctx", "lr_prompt", "lambda_l", "lambda_src")

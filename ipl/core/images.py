@@ -109,3 +109,39 @@ def read_image_folder(folder: Union[str, Path], resolution: int, limit: Optional
         arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
         out.append(arr / 127.5 - 1)
     return torch.stack(out)
+
+
+def read_image(path: Union[str, Path], resolution: int) -> torch.Tensor:
+    """One image file of any size and mode as [3, R, R] in [-1, 1]: EXIF-rotated, alpha dropped, centre-cropped to
+    a square and resized (Lanczos, as NVIDIA's projector) to resolution. IPLError naming the file if unreadable."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened).convert("RGB")
+    except Exception as e:  # PIL raises several types for unreadable or truncated files
+        raise IPLError(f"cannot read {path} as an image ({type(e).__name__}: {e}); expected a "
+                       f"{'/'.join(ext[1:] for ext in IMAGE_EXTS)} file") from e
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    img = img.resize((resolution, resolution), Image.LANCZOS)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+    return arr / 127.5 - 1
+
+
+def list_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
+    """Image files named or inside named folders (a folder's IMAGE_EXTS files sorted by name), in order given.
+    A named file is kept whatever its suffix (reading it says what is wrong); a missing path is an IPLError."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise IPLError(f"{p}: no such image file or folder")
+    if not out:
+        raise IPLError(f"no images found in {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_EXTS)})")
+    return out

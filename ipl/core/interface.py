@@ -159,6 +159,25 @@ class AdaptableGenerator(nn.Module, ABC):
         """Real images [N, 3, H, W] in [-1, 1] moved into this (adapted) generator's domain through `source`."""
         raise IPLError("--edit (real images into the target domain) is available for diffusion runs only")
 
+    # --- projection of real images into latents (`ipl invert`, `ipl edit`; StyleGAN2) ---
+    #: True when `project` finds latents for real images that `render` (of this generator and of generators adapted
+    #: from it) draws; False: `ipl edit` uses the adapted generator's `edit_images` (diffusion) instead.
+    can_project: bool = False
+    #: Defaults of `ipl invert` this generator brings (keys: "steps", "loss"); a flag given always wins.
+    projection_defaults: Mapping[str, Any] = {}
+
+    def project(self, images: torch.Tensor, distance: Any, space: str = "w+", steps: Optional[int] = None,
+                seed: int = 0, progress: bool = True) -> torch.Tensor:
+        """Latents (batch first) whose renders match real images [N, 3, H, W] in [-1, 1] under `distance`, a
+        callable (renders, images) -> per-image distances [N] that can be backpropagated."""
+        raise IPLError(f"{type(self).__name__}: this generator family cannot invert real images into latents "
+                       f"(`ipl invert` needs a StyleGAN2 source; diffusion runs edit images with `ipl edit RUN`)")
+
+    def pivotal_tune(self, latents: torch.Tensor, images: torch.Tensor, distance: Any, steps: int,
+                     progress: bool = True) -> "AdaptableGenerator":
+        """A copy of this generator fine-tuned so that `render(latents)` reproduces `images` (pivotal tuning)."""
+        raise IPLError(f"{type(self).__name__}: this generator family has no pivotal tuning (--pti-steps)")
+
     #: Other tools' checkpoint formats `export` writes.
     export_formats: tuple[str, ...] = ()
 

@@ -50,8 +50,39 @@ def select_layers(generator: AdaptableGenerator, clips: Sequence, target_feats: 
     (grad,) = torch.autograd.grad(loss, [w_plus])
     # The SGD step moves each entry by lr * grad; rank layers by the mean size of that move.
     moved = (lr * grad.float()).abs().flatten(2).mean(dim=2).mean(dim=0)  # [num_layers]
-    chosen = torch.topk(moved[candidates], k).indices
+    return top_layers(moved, candidates, k)
+
+
+def row_scores(grad: torch.Tensor) -> torch.Tensor:
+    """Per W+ row, the mean |gradient| over the batch and the row's entries: [N, num_layers, ...] -> [num_layers].
+
+    The reference probe's score (`select_layers`: the size of the SGD step each row would take), without its
+    learning rate, which does not change the ranking.
+    """
+    return grad.detach().float().abs().flatten(2).mean(dim=2).mean(dim=0)
+
+
+def top_layers(scores: torch.Tensor, candidates: Sequence[int], k: int) -> list[int]:
+    """The k candidate rows with the largest scores, sorted."""
+    chosen = torch.topk(scores[list(candidates)], k).indices
     return sorted(candidates[int(i)] for i in chosen)
+
+
+def rank_layers(generator: AdaptableGenerator, scores: torch.Tensor, k: Optional[int],
+                allowed: Optional[Sequence[torch.nn.Parameter]] = None, layer_map: str = "reference") -> list[int]:
+    """The k layer groups with the largest `scores` ([num_layers], e.g. `row_scores` of a W+ gradient).
+
+    The 'grad' probe: the scores come from the W+ gradient of stage 2's own training backward, so no extra pass
+    through the generator and CLIP is needed. Candidates and k follow `select_layers`.
+    """
+    n_layers = generator.num_layers()
+    if n_layers == 0:
+        return []
+    candidates = [i for i in range(n_layers) if _group(generator, i, allowed, layer_map)]
+    if k is None or k >= len(candidates):
+        return candidates
+    assert scores.shape == (n_layers,), f"scores {tuple(scores.shape)}, expected [{n_layers}]"
+    return top_layers(scores, candidates, k)
 
 
 def parameters_of_layers(generator: AdaptableGenerator, layers: Sequence[int],

@@ -20,8 +20,9 @@ from torch import nn
 from ipl.core.config import AdaptConfig
 from ipl.method.ema import EMA
 from ipl.core.errors import IPLError
-from ipl.method.freezing import parameters_of_layers, select_layers
+from ipl.method.freezing import parameters_of_layers, rank_layers, row_scores, select_layers
 from ipl.method.noise import training_noise
+from ipl.core import distributed as dist
 from ipl.core.interface import AdaptableGenerator
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,6 +51,9 @@ class Stage2Settings:
     layer_lr: float = _D.layer_lr
     layer_every: int = _D.layer_every
     layer_map: str = _D.layer_map      # what unfreezing a layer group trains (AdaptableGenerator.layer_parameters)
+    probe: str = _D.probe              # how layers are picked: "reference" (W+ probe pass) or "grad" (_pick_layers)
+    compile: bool = _D.compile         # torch.compile the renders and CLIP image encoders (ipl.method.compile)
+    data_parallel: bool = _D.data_parallel  # share each step over the torchrun processes (_local_share)
     augment_views: int = _D.augment_views
     length_weight: float = _D.length_weight
     length_ratio: float = 0.0          # resolved from AdaptConfig.length_ratio (needed when length_weight > 0)
@@ -136,6 +140,11 @@ class Stage2Trainer:
         self.noise_rng.manual_seed(int(s.seed) + 4)  # seed + 2: the grids' latents; seed + 3: stage 1's noise
         self.iteration = 0
         self.current_layers: Optional[list[int]] = None  # the layers picked by the last probe
+        # Data-parallel (torchrun): each rank trains on its slice of every batch; gradients, logged terms and the
+        # layer pick are shared, so every rank holds the same G_t, EMA and RNG streams.
+        self.parallel = bool(s.data_parallel) and dist.active()
+        # Probe "grad": per W+ row, the summed mean |dL/dW+| of the training passes since the last pick.
+        self.probe_scores: Optional[torch.Tensor] = None
 
         if s.method == "ipl":
             if learners is None or len(learners) != len(self.clips):
@@ -160,6 +169,18 @@ class Stage2Trainer:
                 self.template_tgt = [template_features(c, target_text).reshape(1, -1) for c in self.clips]
             # Layer probe: raise similarity to the plain target text.
             self.probe_feats = [c.encode_texts([target_text]).reshape(1, -1) for c in self.clips]
+
+        # The passes a step makes; --compile routes them through torch.compile (falling back to eager with one
+        # warning). G_s and the CLIP models may be shared with other runs, so they are wrapped here, not patched.
+        self._render_s = self.G_s.render
+        self._encode = [c.encode_images for c in self.clips]
+        if s.compile:
+            from ipl.method.compile import compiled
+
+            self._render_s = compiled(self.G_s.render, "G_s.render")
+            self._encode = [compiled(c.encode_images, f"clip[{k}].encode_images") for k, c in enumerate(self.clips)]
+            self.G_t.render = compiled(self.G_t.render, "G_t.render")  # G_t is this trainer's own copy
+            self.G_t.render_layers = compiled(self.G_t.render_layers, "G_t.render_layers")
 
     # ------------------------------------------------------------------ one step
     def _text_features(self, k: int, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,15 +212,9 @@ class Stage2Trainer:
             p.requires_grad_(False)
         self.opt.zero_grad(set_to_none=True)
 
-        # 1. Pick the layers to train this step (probe on fresh latents, nothing else trainable).
-        layers: Optional[list[int]] = None
-        if s.layers is not None and 0 < s.layers < self.G_t.num_layers():
-            if self.current_layers is None or self.iteration % max(1, s.layer_every) == 0:
-                probe = self.G_t.sample_latents(s.layer_batch, generator=self.rng, truncation=s.truncation)
-                self.current_layers = select_layers(self.G_t, self.clips, self.probe_feats, s.layers, probe,
-                                                    lr=s.layer_lr, autocast=self.autocast, allowed=self.params,
-                                                    layer_map=s.layer_map)
-            layers = list(self.current_layers)
+        # 1. Pick the layers to train this step (nothing else trainable).
+        layers = self._pick_layers()
+        if layers is not None:
             active = parameters_of_layers(self.G_t, layers, self.params, s.layer_map)
         else:
             active = self.params
@@ -209,22 +224,24 @@ class Stage2Trainer:
 
         # 2. Directional loss on a fresh batch.
         latents = self.G_t.sample_latents(s.batch, generator=self.rng, truncation=s.truncation)
+        if self.parallel:
+            latents = self._local_share(latents)
         terms: dict[str, torch.Tensor] = {}
         with torch.no_grad(), self.autocast():
-            images_s = self.G_s.render(latents)
+            images_s = self._render_s(latents)
             texts = [self._text_features(k, latents) for k in range(len(self.clips))]
         with self.autocast():
-            images_t = self.G_t.render(latents)
+            images_t, w_plus = self._render_trained(latents, layers is not None)
             assert images_t.shape == images_s.shape, f"{tuple(images_t.shape)} vs {tuple(images_s.shape)}"
             views_s, views_t, n_views = images_s, images_t, 1
             if s.augment_views > 0:
                 n_views = s.augment_views
                 views_s, views_t = paired_views(images_s, images_t, n_views, generator=self.rng)
             with torch.no_grad():
-                src_feats = [c.encode_images(views_s) for c in self.clips]
+                src_feats = [self._encode[k](views_s) for k in range(len(self.clips))]
             total = 0.0
             for k, clip in enumerate(self.clips):
-                tgt_feats = clip.encode_images(views_t)
+                tgt_feats = self._encode[k](views_t)
                 # Per-image text directions line up with the view-major image views.
                 src_txt, tgt_txt = (t.repeat(n_views, 1) if t.shape[0] > 1 else t for t in texts[k])
                 total = total + self.clip_loss(k, src_feats[k], tgt_feats, src_txt, tgt_txt, terms)
@@ -232,20 +249,103 @@ class Stage2Trainer:
                 terms[name] = value
                 total = total + value
         terms["total"] = total
-        self._check_finite(terms)
+        logged = self._mean_over_ranks(terms) if self.parallel else terms  # every rank: the whole batch's values
+        self._check_finite(logged)
 
         self._optimizer_step(total)
+        self._note_row_scores(w_plus)
         self.ema.update()
         for p in active:
             p.requires_grad_(False)
         self.iteration += 1
         record: dict[str, Any] = {"stage": 2, "it": self.iteration}
-        record.update({name: float(v.detach()) for name, v in terms.items()})
+        record.update({name: float(v.detach()) for name, v in logged.items()})
         record["layers"] = layers if layers is not None else "all"
         record["probe_s"] = round(t_probe, 6)
         record["seconds"] = round(time.perf_counter() - t0, 6)
         record["mem_mb"] = memory_mb(self.device)
         return record
+
+    def _pick_layers(self) -> Optional[list[int]]:
+        """The W+ rows (layer groups) to train this step, None for all: the one place the layer probe runs.
+
+        settings.probe "reference": NADA's probe, one SGD step on the W+ of `layer_batch` fresh latents toward the
+        target text (a forward and backward through G_t and CLIP). "grad": the rows whose W+ gradient in the
+        training passes since the last pick was largest (`probe_scores`, free: the backward computes it anyway);
+        the first pick, with no training pass yet, is the reference probe's. Re-picked every `layer_every` steps.
+        """
+        s = self.settings
+        if s.layers is None or not 0 < s.layers < self.G_t.num_layers():
+            return None
+        if self.current_layers is None or self.iteration % max(1, s.layer_every) == 0:
+            if self.parallel and not dist.is_main():
+                pass  # data-parallel: rank 0 alone picks; its pick (and RNG states) arrive in _share_pick
+            elif s.probe == "grad" and self.probe_scores is not None:
+                self.current_layers = rank_layers(self.G_t, self.probe_scores, s.layers, allowed=self.params,
+                                                  layer_map=s.layer_map)
+            else:
+                probe = self.G_t.sample_latents(s.layer_batch, generator=self.rng, truncation=s.truncation)
+                self.current_layers = select_layers(self.G_t, self.clips, self.probe_feats, s.layers, probe,
+                                                    lr=s.layer_lr, autocast=self.autocast, allowed=self.params,
+                                                    layer_map=s.layer_map)
+            if self.parallel:
+                self._share_pick()
+            self.probe_scores = None
+        return list(self.current_layers)
+
+    def _share_pick(self) -> None:
+        """Data-parallel: rank 0's layer pick and its RNG streams (the probe drew from them) on every rank."""
+        self.current_layers, rng, noise_rng = dist.broadcast_object(
+            [self.current_layers, self.rng.get_state(), self.noise_rng.get_state()])
+        self.rng.set_state(rng)
+        self.noise_rng.set_state(noise_rng)
+
+    def _local_share(self, latents: torch.Tensor) -> torch.Tensor:
+        """Data-parallel: this rank's slice of the batch every rank drew from the shared latent stream.
+
+        Latents, augmentation crops and the layer probe come from streams every rank holds alike, so the ranks
+        together see the one-process batch. Per-pixel noise (noise "random") cannot be sliced out of a whole-batch
+        draw: each rank renders its slice with noise from a stream of its own for this step, seeded from the shared
+        noise stream (reproducible and resumable, but not the one-process noise; noise "fixed" is identical).
+        """
+        n, r = dist.world_size(), dist.rank()
+        if latents.shape[0] % n:
+            raise IPLError(f"data-parallel: a batch of {latents.shape[0]} cannot be split evenly over {n} processes; "
+                           f"use a multiple of {n}")
+        size = latents.shape[0] // n
+        if self.settings.noise == "random":
+            seeds = torch.randint(0, 2**62, (n,), generator=self.noise_rng)
+            local = torch.Generator(device="cpu").manual_seed(int(seeds[r]))
+            for g in (self.G_s, self.G_t):
+                g.set_noise_mode("random", local)
+        return latents[r * size:(r + 1) * size]
+
+    @staticmethod
+    def _mean_over_ranks(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Data-parallel: each loss term averaged over the ranks (the whole batch's mean: the slices are equal)."""
+        names = list(terms)
+        return dict(zip(names, dist.mean_values([terms[k] if torch.is_tensor(terms[k]) else torch.tensor(
+            float(terms[k])) for k in names])))
+
+    def _render_trained(self, latents: torch.Tensor, frozen: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """G_t's images of `latents`, and (probe "grad" with freezing on) the W+ leaf they were rendered from."""
+        if self.settings.probe != "grad" or not frozen:
+            return self.G_t.render(latents), None
+        # render(w) is render_layers(lift(w)); rendering from a leaf W+ makes the backward fill its gradient.
+        w_plus = self.G_t.lift(latents).detach().requires_grad_(True)
+        return self.G_t.render_layers(w_plus), w_plus
+
+    def _note_row_scores(self, w_plus: Optional[torch.Tensor]) -> None:
+        """Probe "grad": add this step's per-row W+ gradient size to `probe_scores` (after the backward)."""
+        if w_plus is None or w_plus.grad is None:
+            return
+        grad = w_plus.grad
+        if self.scaler is not None:  # fp16: undo the loss scale, so steps with different scales add up fairly
+            grad = grad / self.scaler.get_scale()
+        scores = row_scores(grad).cpu()
+        if not bool(torch.isfinite(scores).all()):  # an fp16 step the scaler skipped
+            return
+        self.probe_scores = scores if self.probe_scores is None else self.probe_scores + scores
 
     def clip_loss(self, k: int, src_feats: torch.Tensor, tgt_feats: torch.Tensor, src_txt: torch.Tensor,
                   tgt_txt: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -265,10 +365,14 @@ class Stage2Trainer:
         """Backward and one optimiser step (through the fp16 grad scaler when there is one)."""
         if self.scaler is not None:
             self.scaler.scale(total).backward()
+            if self.parallel:
+                dist.all_reduce_grads(self.params)
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
             total.backward()
+            if self.parallel:
+                dist.all_reduce_grads(self.params)
             self.opt.step()
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
@@ -285,6 +389,7 @@ class Stage2Trainer:
         return {
             "iteration": self.iteration,
             "current_layers": self.current_layers,
+            "probe_scores": self.probe_scores,
             "G_t": self.G_t.state_dict(),
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
@@ -297,6 +402,7 @@ class Stage2Trainer:
         """Restore from `state_dict` (same settings and source)."""
         self.iteration = int(state["iteration"])
         self.current_layers = state.get("current_layers")
+        self.probe_scores = state.get("probe_scores")
         self.G_t.load_state_dict(state["G_t"])
         for p in self.G_t.parameters():
             p.requires_grad_(False)

@@ -2,7 +2,7 @@
 from ipl.metrics.clip_score import ClipScore, clip_scores
 from ipl.metrics.fid import frechet_distance, inception_score, kernel_distance, load_inception
 from ipl.metrics.lpips_diversity import intra_cluster_lpips, load_lpips, lpips_features, lpips_matrix
-from ipl.metrics.weights import WeightsFile, resolve_weights
+from ipl.core.weights import WeightsFile, resolve_weights
 
 __all__ = ["ClipScore", "clip_scores", "frechet_distance", "inception_score", "kernel_distance", "load_inception",
            "intra_cluster_lpips", "load_lpips", "lpips_features", "lpips_matrix", "WeightsFile", "resolve_weights"]

@@ -20,7 +20,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from ipl.core.errors import CheckpointError, IPLError, WeightsNotFoundError
-from ipl.metrics.weights import WeightsFile, resolve_weights
+from ipl.core.weights import WeightsFile, resolve_weights
 
 INCEPTION = WeightsFile(name="Inception-v3 (torch-fidelity, for FID/KID/IS)", url=URL_INCEPTION_V3,
                         option="--inception-weights")

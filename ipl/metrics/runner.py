@@ -16,9 +16,10 @@ from typing import Any, Optional
 
 import torch
 
+from ipl.core import distributed as dist
 from ipl.core.errors import IPLError, WeightsNotFoundError
 from ipl.metrics import fid as fidlib
-from ipl.metrics.sources import EvalInput, image_batches, list_images, open_input, read_image, sample_batches
+from ipl.metrics.sources import EvalInput, image_batches, indexed_batches, list_images, open_input, read_image
 
 METRICS = ("fid", "kid", "is", "intra-lpips", "clip-score", "judge", "judge-fid")
 TOY_METRICS = ("judge", "judge-fid")
@@ -316,12 +317,36 @@ def _reference_features(net, s: EvalSettings) -> fidlib.InceptionFeatures:
         raise IPLError(f"--ref {s.ref}: expected a folder with at least 2 images (png/jpg/webp); found "
                        f"{len(files)}.")
     feats = fidlib.InceptionFeatures(net)
-    bar = _Progress(s.progress, len(files), "reference")
-    for imgs in image_batches(files, s.batch):
-        feats.update(imgs)
+    bar = _Progress(s.progress and dist.is_main(), len(files), "reference")
+    ks = []
+    for k, imgs in enumerate(image_batches(files, s.batch)):
+        if dist.world_size() == 1 or k % dist.world_size() == dist.rank():  # sharded over torchrun's ranks
+            feats.update(imgs)
+            ks.append(k)
         bar.update(len(imgs))
     bar.close()
+    merged = _gather_in_order(ks, feats._chunks)
+    if merged is not None:  # rank 0 (or one process): the whole folder's features, in file order
+        feats._chunks = merged
     return feats
+
+
+def _gather_in_order(ks: list[int], lists: Any) -> Any:
+    """Sharded eval: every rank's per-batch entries (`lists`: a list, or a dict of lists, entry i for batch ks[i])
+    merged in batch order on rank 0 (None on the other ranks); unchanged in one process."""
+    if not dist.active():
+        return lists
+    parts = dist.all_gather_objects((ks, lists))
+    if not dist.is_main():
+        return None
+
+    def merge(get):
+        pairs = sorted((k, item) for ks_r, lists_r in parts for k, item in zip(ks_r, get(lists_r)))
+        return [item for _, item in pairs]
+
+    if isinstance(lists, dict):
+        return {name: merge(lambda x, name=name: x[name]) for name in lists}
+    return merge(lambda x: x)
 
 
 def _evaluate_one(inp: EvalInput, s: EvalSettings, metrics: list[str], device: torch.device, inception,
@@ -352,10 +377,14 @@ def _evaluate_one(inp: EvalInput, s: EvalSettings, metrics: list[str], device: t
     adapted_keep: list[torch.Tensor] = []
     source_keep: list[torch.Tensor] = []
 
-    bar = _Progress(s.progress, n, inp.label)
-    seen = 0
-    for imgs, src in sample_batches(inp, n, s.batch, seed=s.seed, truncation=s.truncation, with_source=want_judge):
+    # Under torchrun the batches are sharded over the ranks (batch k on rank k % world; sample i stays fixed by the
+    # seed), each rank's per-batch results gathered on rank 0 in batch order, and the metrics computed there.
+    bar = _Progress(s.progress and dist.is_main(), n, inp.label)
+    ks, lp_ks = [], []
+    for k, seen, imgs, src in indexed_batches(inp, n, s.batch, seed=s.seed, truncation=s.truncation,
+                                              with_source=want_judge, rank=dist.rank(), world=dist.world_size()):
         imgs = imgs.to(device)
+        ks.append(k)
         if feats is not None:
             feats.update(imgs)
         if scorer is not None:
@@ -363,12 +392,27 @@ def _evaluate_one(inp: EvalInput, s: EvalSettings, metrics: list[str], device: t
         if lp is not None and seen < lp_n:
             take = imgs[: lp_n - seen]
             lp_images.append(fidlib.quantize(fit_images(take, lp_size)).cpu())
+            lp_ks.append(k)
         if want_judge:
             adapted_keep.append(imgs.cpu())
             source_keep.append(src.cpu())
-        seen += len(imgs)
-        bar.update(len(imgs))
+        bar.update(len(imgs) * dist.world_size())
     bar.close()
+    if dist.active():
+        rows = _gather_in_order(ks, [({name: feats._chunks[name][i] for name in feats.layers}
+                                       if feats is not None else None,
+                                      scorer._scores[i] if scorer is not None else None,
+                                      adapted_keep[i] if want_judge else None,
+                                      source_keep[i] if want_judge else None) for i in range(len(ks))])
+        lp_images = _gather_in_order(lp_ks, lp_images)
+        if not dist.is_main():
+            return col  # rank 0 computes and reports the metrics
+        if feats is not None:
+            feats._chunks = {name: [row[0][name] for row in rows] for name in feats.layers}
+        if scorer is not None:
+            scorer._scores = [row[1] for row in rows]
+        if want_judge:
+            adapted_keep, source_keep = [row[2] for row in rows], [row[3] for row in rows]
 
     values, details = col["values"], col["details"]
     if feats is not None:

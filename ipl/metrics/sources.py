@@ -225,10 +225,27 @@ def _latents(gen: Any, seed: int, chunk: int, truncation: float, count: int = LA
 def sample_batches(inp: EvalInput, n: int, batch: int, seed: int = 0, truncation: float = 1.0,
                    with_source: bool = False) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """(images, source images or None) batches in [-1, 1], `n` in all, same latents for source and adapted."""
-    assert n >= 1 and batch >= 1
+    for _, _, imgs, src in indexed_batches(inp, n, batch, seed, truncation, with_source):
+        yield imgs, src
+
+
+@torch.no_grad()
+def indexed_batches(inp: EvalInput, n: int, batch: int, seed: int = 0, truncation: float = 1.0,
+                    with_source: bool = False, rank: int = 0, world: int = 1
+                    ) -> Iterator[tuple[int, int, torch.Tensor, Optional[torch.Tensor]]]:
+    """(batch index k, index of its first sample, images, source images or None) of `sample_batches`.
+
+    rank / world (a sharded `ipl eval` under torchrun): only the batches k with k % world == rank are rendered and
+    yielded; the batches themselves are the one-process ones (same latents, same sizes), so gathering every rank's
+    batches in k order gives the one-process stream exactly.
+    """
+    assert n >= 1 and batch >= 1 and 0 <= rank < world
     if inp.kind == "images":
-        for imgs in image_batches(inp.image_paths[:n], batch):
-            yield imgs, None
+        start = 0
+        for k, imgs in enumerate(image_batches(inp.image_paths[:n], batch)):
+            if k % world == rank:
+                yield k, start, imgs, None
+            start += len(imgs)
         return
     gen = inp.generator
     src = inp.source if with_source else None
@@ -238,14 +255,16 @@ def sample_batches(inp: EvalInput, n: int, batch: int, seed: int = 0, truncation
     # A pool generator gives n distinct latents only when asked for all n at once (each call draws from the
     # same pool, so chunks would repeat images); the others draw fixed-size chunks (sample i fixed by seed).
     pooled = gen.latents_from_pool
-    done, chunk = 0, 0
+    done, chunk, k = 0, 0, 0
     while done < n:
         lat = _latents(gen, seed, chunk, truncation, count=n if pooled else LATENT_CHUNK)
         lat = lat[: n - done]
         for i in range(0, len(lat), batch):
-            part = lat[i:i + batch]
-            imgs = gen.render(part).float().clamp(-1, 1)
-            src_imgs = src.render(part.to(_device_of(src))).float().clamp(-1, 1) if src is not None else None
-            yield imgs, src_imgs
+            if k % world == rank:
+                part = lat[i:i + batch]
+                imgs = gen.render(part).float().clamp(-1, 1)
+                src_imgs = src.render(part.to(_device_of(src))).float().clamp(-1, 1) if src is not None else None
+                yield k, done + i, imgs, src_imgs
+            k += 1
         done += len(lat)
         chunk += 1
