@@ -42,7 +42,7 @@ def _read_pid(path: Path) -> Optional[int]:
         return None
 
 
-def _alive(pid: Optional[int]) -> bool:
+def pid_alive(pid: Optional[int]) -> bool:
     """Whether pid runs; True where that cannot be told (os.kill(pid, 0) terminates the process on Windows)."""
     if pid is None or os.name == "nt":
         return True
@@ -63,7 +63,7 @@ def holder(folder: Path) -> Optional[int]:
         return None
     if fcntl is None:
         pid = _read_pid(path)
-        return (pid if pid is not None else -1) if _alive(pid) else None
+        return (pid if pid is not None else -1) if pid_alive(pid) else None
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -117,7 +117,7 @@ class RunLock:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 pid = _read_pid(path)
-                if _alive(pid):
+                if pid_alive(pid):
                     raise RunInUseError(Path(folder), pid) from None
                 try:
                     path.unlink()  # its process is gone: a stale lock

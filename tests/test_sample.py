@@ -9,7 +9,8 @@ from PIL import Image
 
 from ipl import generators
 from ipl.commands.cli import cli
-from ipl.commands.sample import parse_seeds, render_seeds, resolve_generators
+from ipl.commands.sample import render_seeds, resolve_generators
+from ipl.core.seeds import parse_seeds
 from ipl.core.errors import IPLError
 from ipl.core.images import make_grid, save_grid, to_uint8
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -13,6 +12,7 @@ import torch
 from ipl import generators
 from ipl.core.errors import IPLError
 from ipl.core.images import read_image_folder, save_grid, save_images
+from ipl.core.seeds import parse_seeds
 from ipl.core.interface import AdaptableGenerator
 from ipl.registry import get_source, is_registry_name
 from ipl.run import load_run, resolve_source
@@ -25,28 +25,6 @@ class NamedGenerator:
     """One row of the output: an AdaptableGenerator and the name its images are filed under."""
     name: str
     generator: AdaptableGenerator
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-15' / '1,5,9' / '0-3,10' -> list of ints (ranges inclusive)."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise IPLError(f"--seeds: range '{part}' runs backwards; write it as {hi}-{lo}")
-            seeds.extend(range(lo, hi + 1))
-        elif re.fullmatch(r"\d+", part):
-            seeds.append(int(part))
-        else:
-            raise IPLError(f"--seeds: cannot read '{part}'; use e.g. 0-15 or 1,5,9 or 0-3,10")
-    if not seeds:
-        raise IPLError("--seeds is empty; use e.g. 0-15")
-    return seeds
 
 
 def resolve_generators(path: PathLike, device: Union[str, torch.device] = "cpu",

@@ -31,9 +31,7 @@ def select_layers(generator: AdaptableGenerator, clips: Sequence, target_feats: 
     from ipl.method.losses import global_clip_loss
 
     n_layers = generator.num_layers()
-    if n_layers == 0:
-        return []
-    candidates = [i for i in range(n_layers) if _group(generator, i, allowed, layer_map)]
+    candidates = _candidates(generator, allowed, layer_map)
     if k is None or k >= len(candidates):
         return candidates
     assert len(clips) == len(target_feats), "one target feature per CLIP model"
@@ -76,13 +74,17 @@ def rank_layers(generator: AdaptableGenerator, scores: torch.Tensor, k: Optional
     through the generator and CLIP is needed. Candidates and k follow `select_layers`.
     """
     n_layers = generator.num_layers()
-    if n_layers == 0:
-        return []
-    candidates = [i for i in range(n_layers) if _group(generator, i, allowed, layer_map)]
+    candidates = _candidates(generator, allowed, layer_map)
     if k is None or k >= len(candidates):
         return candidates
     assert scores.shape == (n_layers,), f"scores {tuple(scores.shape)}, expected [{n_layers}]"
     return top_layers(scores, candidates, k)
+
+
+def _candidates(generator: AdaptableGenerator, allowed: Optional[Sequence[torch.nn.Parameter]],
+                layer_map: str) -> list[int]:
+    """The layer groups that compete for unfreezing: those with something stage 2 may train."""
+    return [i for i in range(generator.num_layers()) if _group(generator, i, allowed, layer_map)]
 
 
 def parameters_of_layers(generator: AdaptableGenerator, layers: Sequence[int],

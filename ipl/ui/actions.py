@@ -22,6 +22,7 @@ import torch
 
 from ipl.core.config import slugify
 from ipl.core.errors import IPLError
+from ipl.core.seeds import parse_seeds as _parse_seeds
 from ipl.registry import REGISTRY, cache_path, is_registry_name
 from ipl.ui.jobs import Job, JobManager
 from ipl.ui.paths import (PathRefused, Roots, check_clip_spec, checkpoint_path, contained, list_run_names, run_dir,
@@ -297,29 +298,8 @@ def run_details(roots: Roots, name: str) -> str:
 
 # -------------------------------------------------------------------------------------------------- sampling
 def parse_seeds(text: str) -> list[int]:
-    """'0-3' / '1,5,9' / '0-3,10' -> seeds (the syntax of `ipl sample --seeds`), at most MAX_SEEDS."""
-    seeds: list[int] = []
-    for part in str(text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise IPLError(f"seeds: range '{part}' runs backwards; write it as {hi}-{lo}")
-            if hi - lo >= MAX_SEEDS:
-                raise IPLError(f"seeds: at most {MAX_SEEDS} images at once")
-            seeds.extend(range(lo, hi + 1))
-        elif re.fullmatch(r"\d+", part):
-            seeds.append(int(part))
-        else:
-            raise IPLError(f"seeds: cannot read '{part}'; use e.g. 0-7 or 1,5,9")
-    if not seeds:
-        raise IPLError("seeds: give at least one, e.g. 0-3")
-    if len(seeds) > MAX_SEEDS:
-        raise IPLError(f"seeds: at most {MAX_SEEDS} images at once")
-    return seeds
+    """The page's seeds field, in the syntax of `ipl sample --seeds`, at most MAX_SEEDS."""
+    return _parse_seeds(text, what="seeds", limit=MAX_SEEDS)
 
 
 class Sampler:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ipl.core.errors import IPLError
+from ipl.runlock import pid_alive
 
 UI_DIR = ".ipl-ui"   # the page's own scratch folder inside the runs folder (Gradio's cache, sample images)
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -47,7 +48,7 @@ class Roots:
             return
         for p in parent.iterdir():
             if p.is_dir() and not p.is_symlink() and p.name.isdigit() and (
-                    p == self.scratch or not _pid_alive(int(p.name))):
+                    p == self.scratch or not pid_alive(int(p.name))):
                 shutil.rmtree(p, ignore_errors=True)
 
     @property
@@ -70,18 +71,6 @@ class Roots:
             contained(source, [*self.readable, shipped("").resolve()], what=f"the source of run {folder.name!r}")
         except PathRefused as e:
             raise PathRefused(f"{e}. Start the page with `ipl ui --source {source}` to let it read that file") from None
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":   # os.kill(pid, 0) would end the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _inside(path: Path, root: Path) -> bool:
