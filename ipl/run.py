@@ -853,6 +853,17 @@ class RunInfo:
         return self.adapted
 
 
+def export_run_generator(config: dict[str, Any], src: Path, target: Path, fmt: str) -> None:
+    """Write the generator file `src` of the run described by `config` to `target` in another tool's format."""
+    generator = generators.load_adaptable(str(src), device="cpu")
+    if fmt not in generator.export_formats:
+        raise IPLError(f"{src}: this generator cannot be written as {fmt!r} (formats it can write: "
+                       f"{', '.join(generator.export_formats) or 'none'})")
+    meta = {"source": config["settings"]["source"], "target_text": config["settings"]["target_text"],
+            "method": config["settings"]["method"], "exported_from": str(src)}
+    generator.export(str(target), fmt, meta)
+
+
 def load_run(run_dir, device: str = "cpu") -> RunInfo:
     """Load a run folder's source and adapted generators (so `ipl sample RUN` / `ipl eval RUN` work)."""
     run_dir = Path(run_dir)

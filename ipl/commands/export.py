@@ -19,13 +19,8 @@ from ipl.core.errors import IPLError
               help="Export the run's source generator instead of the adapted one.")
 def command(run: str, fmt: str, out: Optional[str], which) -> None:
     """Export the adapted generator of RUN to another tool's checkpoint format."""
-    import json
-
-    from ipl import generators
-    from ipl.run import CONFIG, GENERATOR, require_safetensors
-
     from ipl.core.atomic import check_writable
-    from ipl.run import read_run_config
+    from ipl.run import CONFIG, GENERATOR, export_run_generator, read_run_config, require_safetensors
 
     run_dir = Path(run)
     if not (run_dir / CONFIG).is_file():
@@ -38,11 +33,5 @@ def command(run: str, fmt: str, out: Optional[str], which) -> None:
         raise IPLError(f"{src} does not exist; the run has not finished (status {config.get('status')!r})")
     if which != "source":
         require_safetensors(src)  # the run's own generator: never read as a pickle or torch.save file
-    generator = generators.load_adaptable(str(src), device="cpu")
-    if fmt not in generator.export_formats:
-        raise IPLError(f"{src}: this generator cannot be written as {fmt!r} (formats it can write: "
-                       f"{', '.join(generator.export_formats) or 'none'})")
-    meta = {"source": config["settings"]["source"], "target_text": config["settings"]["target_text"],
-            "method": config["settings"]["method"], "exported_from": str(src)}
-    generator.export(str(target), fmt, meta)
+    export_run_generator(config, src, target, fmt)
     click.echo(str(target))

@@ -403,8 +403,7 @@ def new_scratch(roots: Roots, kind: str) -> Path:
 def export_generator(roots: Roots, name: str, fmt: str) -> Path:
     """A copy (in the scratch folder) of run `name`'s adapted generator: ours (`ipl`, generator.safetensors) or
     rosinality's `.pt` (what `ipl export RUN --format rosinality` writes, RUN/generator_rosinality.pt)."""
-    from ipl import generators
-    from ipl.run import GENERATOR, read_run_config, require_safetensors
+    from ipl.run import GENERATOR, export_run_generator, read_run_config, require_safetensors
 
     folder = run_dir(roots, name)
     config = read_run_config(folder)
@@ -417,13 +416,7 @@ def export_generator(roots: Roots, name: str, fmt: str) -> Path:
     elif fmt == "rosinality":
         src = folder / "generator_rosinality.pt"
         if not (src.is_file() and not src.is_symlink() and src.stat().st_mtime_ns >= gen.stat().st_mtime_ns):
-            generator = generators.load_adaptable(str(gen), device="cpu")
-            if fmt not in generator.export_formats:
-                raise IPLError(f"{gen}: this generator cannot be written as {fmt!r} (formats it can write: "
-                               f"{', '.join(generator.export_formats) or 'none'})")
-            meta = {"source": config["settings"]["source"], "target_text": config["settings"]["target_text"],
-                    "method": config["settings"]["method"], "exported_from": str(gen)}
-            generator.export(str(src), fmt, meta)
+            export_run_generator(config, gen, src, fmt)
         src = run_file(roots, name, src.name)
     else:
         raise IPLError(f"format {fmt!r}: choose ipl or rosinality")
